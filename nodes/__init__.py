@@ -1,0 +1,21 @@
+"""ComfyUI layer of the pack (V3 schema). Import only relatively: ComfyUI owns the top-level name `nodes`."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .model_folders import register_model_folders
+
+register_model_folders()
+
+from . import nodes_inference  # noqa: E402  (the folders must exist before schemas list their files)
+
+FEATURE_MODULES = [nodes_inference]
+
+
+class PSAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [node for module in FEATURE_MODULES for node in module.NODES]
+
+
+async def comfy_entrypoint() -> PSAExtension:
+    return PSAExtension()

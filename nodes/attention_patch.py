@@ -1,0 +1,151 @@
+"""The PSA cross-attention patch: one `attn2_output_patch` that adds each layer's user term.
+
+For layer l, cond chunks get `to_out(s·W_v u) − to_out(0) = s·W_out W_v u` added after `to_out`, and
+uncond chunks the same with the null user u0 (psa-reference.md §1.3-1.4). The difference goes through
+the model's own `to_out` module, so the live weights are used: LoRA patches, low-VRAM casting and
+weight functions all apply exactly as they do to the base attention.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+from torch import nn
+
+from ..psa_core import CompatibilityError, LoadedAdapter, UserEmbedding, get_family
+from ..psa_core.families import ComfyKey
+
+# Weight paths: input_blocks.<id>.<slot>..., output_blocks.<id>.<slot>..., but middle_block.<slot>... whose
+# block key is ("middle", 0) — the slot number is not the block id (IPAdapter_plus's never-firing middle patch).
+_ATTN2_PATH = re.compile(r"(?:(input_blocks|output_blocks)\.(\d+)|(middle_block))\.\d+\.transformer_blocks\.(\d+)\.attn2")
+_BLOCK_NAMES = {"input_blocks": "input", "output_blocks": "output"}
+
+
+def find_cross_attention_outputs(diffusion_model: nn.Module) -> dict[ComfyKey, nn.Module]:
+    """Every attn2 `to_out[0]` of a ComfyUI UNet, keyed like `extra_options` names it: (block, id, block_index)."""
+    found = {}
+    for name, module in diffusion_model.named_modules():
+        match = _ATTN2_PATH.fullmatch(name)
+        if match:
+            if match.group(3):
+                key = ("middle", 0, int(match.group(4)))
+            else:
+                key = (_BLOCK_NAMES[match.group(1)], int(match.group(2)), int(match.group(4)))
+            found[key] = module.to_out[0]
+    return found
+
+
+def describe_model(layers: dict[ComfyKey, nn.Module], context_dim: int | None) -> str:
+    for name in ("sd15", "sdxl"):
+        family = get_family(name)
+        if set(layers) == {layer.comfy_key for layer in family.layers}:
+            return f"{family.display_name} ({len(layers)} cross-attention layers, context {context_dim})"
+    return f"a model with {len(layers)} SD-style cross-attention layers and context {context_dim}"
+
+
+class PSAAttentionPatch:
+    """Callable registered with `ModelPatcher.set_model_attn2_output_patch`.
+
+    Holds the per-layer user values `W_v [u_1..u_N, u0]` (small, fp32) and references to the layers'
+    `to_out[0]` modules, which are the patched model's own (shared by every clone).
+    """
+
+    def __init__(self, outputs: dict[ComfyKey, nn.Module], values: dict[ComfyKey, torch.Tensor], num_users: int,
+                 strength: float, sigma_start: float, sigma_end: float, window_is_full: bool):
+        self.outputs = outputs
+        self.values = values
+        self.num_users = num_users
+        self.strength = strength
+        self.sigma_start = sigma_start
+        self.sigma_end = sigma_end
+        self.window_is_full = window_is_full
+        self.enabled = True
+        self._cast: dict[tuple, torch.Tensor] = {}
+        self.hits: set[ComfyKey] | None = None  # set to a set() to record which layers fire (tests, diagnostics)
+
+    def __deepcopy__(self, memo: dict) -> "PSAAttentionPatch":
+        # ComfyUI deep-copies model_options on every clone; the values and modules are shared, not copied.
+        duplicate = copy.copy(self)
+        memo[id(self)] = duplicate
+        return duplicate
+
+    def models(self) -> list:
+        return []
+
+    def to(self, device_or_dtype) -> "PSAAttentionPatch":
+        if isinstance(device_or_dtype, torch.device):
+            self.values = {k: v.to(device_or_dtype) for k, v in self.values.items()}
+            self._cast = {}
+        return self
+
+    def _scaled_rows(self, key: ComfyKey, like: torch.Tensor) -> torch.Tensor:
+        cache_key = (key, like.device, like.dtype)
+        rows = self._cast.get(cache_key)
+        if rows is None:
+            values = self.values[key].to(like.device) * self.strength
+            rows = torch.cat([values, values.new_zeros(1, values.shape[1])]).to(like.dtype)
+            self._cast[cache_key] = rows
+        return rows
+
+    def _user_rows(self, offsets: torch.Tensor, chunk: int) -> torch.Tensor:
+        if self.num_users == 1:
+            return offsets[:1].expand(chunk, -1)
+        if self.num_users != chunk:
+            raise CompatibilityError(f"the PSA embedding holds {self.num_users} profiles but the sampler batch has "
+                                     f"{chunk} latents; make the batch size equal to the number of profiles "
+                                     "(or use a single profile)")
+        return offsets[:self.num_users]
+
+    def __call__(self, out: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        block = extra_options.get("block")
+        if block is None or not self.enabled or self.strength == 0:
+            return out
+        key = (block[0], block[1], extra_options.get("block_index", 0))
+        to_out = self.outputs.get(key)
+        if to_out is None:
+            return out
+        if self.hits is not None:
+            self.hits.add(key)
+        projected = to_out(self._scaled_rows(key, out))
+        offsets = projected[:-1] - projected[-1:]  # s·W_out·W_v·u per row; to_out's bias cancels
+        chunk_flags = extra_options.get("cond_or_uncond") or [0]
+        chunk = out.shape[0] // len(chunk_flags)
+        null_row = offsets[self.num_users:self.num_users + 1]
+        per_sample = torch.cat([null_row.expand(chunk, -1) if flag == 1 else self._user_rows(offsets, chunk)
+                                for flag in chunk_flags])
+        if not self.window_is_full:
+            sigmas = extra_options["sigmas"].to(out.device).repeat(len(chunk_flags))
+            active = (sigmas <= self.sigma_start) & (sigmas >= self.sigma_end)
+            per_sample = per_sample * active[:, None].to(per_sample.dtype)
+        return out + per_sample[:, None, :]
+
+
+def apply_psa(model, adapter: LoadedAdapter, embedding: UserEmbedding, strength: float,
+              start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of `model` (a ModelPatcher) with the PSA patch attached. The input model is not changed."""
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise CompatibilityError(f"start_percent {start_percent} and end_percent {end_percent} must satisfy "
+                                 "0 ≤ start_percent ≤ end_percent ≤ 1")
+    diffusion_model = model.get_model_object("diffusion_model")
+    outputs = find_cross_attention_outputs(diffusion_model)
+    context_dim = model.model.model_config.unet_config.get("context_dim")
+    family = adapter.family
+    mismatch = context_dim != family.context_dim or any(
+        layer.comfy_key not in outputs or outputs[layer.comfy_key].in_features != layer.hidden
+        for layer in family.layers)
+    if mismatch:
+        raise CompatibilityError(
+            f"adapter '{adapter.name}' is for {family.describe()} but the model is "
+            f"{describe_model(outputs, context_dim)}; load a PSA adapter made for this model's family")
+    user_values = adapter.user_values(embedding.vectors)
+    values = {layer.comfy_key: v for layer, v in zip(family.layers, user_values.per_layer)}
+    sampling = model.get_model_object("model_sampling")
+    patch = PSAAttentionPatch(
+        outputs={key: outputs[key] for key in values}, values=values, num_users=user_values.num_users,
+        strength=float(strength), sigma_start=float(sampling.percent_to_sigma(start_percent)),
+        sigma_end=float(sampling.percent_to_sigma(end_percent)),
+        window_is_full=start_percent <= 0.0 and end_percent >= 1.0)
+    patched = model.clone()
+    patched.set_model_attn2_output_patch(patch)
+    return patched

@@ -1,0 +1,7 @@
+"""The pack's custom socket types. Values travel by reference inside one ComfyUI process."""
+from comfy_api.latest import io
+
+# A psa_core.LoadedAdapter: projection plus per-layer value weights, family and metadata.
+PSAAdapterType = io.Custom("PSA_ADAPTER")
+# A psa_core.UserEmbedding: [N, E] vectors; N > 1 gives item i of the sampler batch profile i.
+PSAEmbeddingType = io.Custom("PSA_EMBEDDING")

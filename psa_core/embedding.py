@@ -1,0 +1,112 @@
+"""User embeddings: the vector(s) a PSA adapter is conditioned on.
+
+Reference files are `.npy`, float32, shape `(3584,)` (or `(1, 1, 3584)` from its LLM pipeline). We also
+read and write `.safetensors` with one tensor `embedding` of shape `[N, E]` and metadata naming the
+encoder. Several rows make a per-image batch: row i conditions item i of the sampler batch.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_write
+from .errors import CompatibilityError, EmbeddingFileError
+
+EMBEDDING_KEY = "embedding"
+EMBEDDING_SUFFIXES = (".npy", ".safetensors", ".sft")
+
+
+@dataclass(frozen=True)
+class UserEmbedding:
+    """`vectors` is `[N, E]` float32; `encoder` names what produced it (None: unknown, e.g. a bare .npy)."""
+
+    vectors: torch.Tensor
+    encoder: str | None = None
+    labels: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    @property
+    def count(self) -> int:
+        return self.vectors.shape[0]
+
+    @staticmethod
+    def concatenate(embeddings: Sequence["UserEmbedding"]) -> "UserEmbedding":
+        """Stack several embeddings into one batch; all must share dimension and encoder."""
+        if not embeddings:
+            raise EmbeddingFileError("no embeddings to batch")
+        dims = {e.dim for e in embeddings}
+        if len(dims) > 1:
+            raise CompatibilityError(f"cannot batch embeddings of different dimensions {sorted(dims)}")
+        encoders = {e.encoder for e in embeddings} - {None}
+        if len(encoders) > 1:
+            raise CompatibilityError(f"cannot batch embeddings from different encoders {sorted(encoders)}")
+        labels = tuple(label for e in embeddings for label in (e.labels or ("",) * e.count))
+        return UserEmbedding(torch.cat([e.vectors for e in embeddings]), next(iter(encoders), None), labels)
+
+
+def _as_rows(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(array)
+    if not tensor.is_floating_point():
+        raise EmbeddingFileError(f"{name}: embedding has dtype {tensor.dtype}; expected a floating-point vector")
+    if tensor.ndim == 1:
+        tensor = tensor[None]
+    elif tensor.ndim == 3 and tensor.shape[1] == 1:
+        tensor = tensor[:, 0]
+    if tensor.ndim != 2 or tensor.shape[1] == 0 or tensor.shape[0] == 0:
+        raise EmbeddingFileError(f"{name}: embedding has shape {tuple(array.shape)}; expected (E,), (N, E) or "
+                                 "(N, 1, E), e.g. (3584,) for the published Qwen2.5-7B embeddings")
+    if not torch.isfinite(tensor).all():
+        raise EmbeddingFileError(f"{name}: embedding contains NaN or infinite values")
+    return tensor.float().contiguous()
+
+
+def load_embedding(path: str | Path) -> UserEmbedding:
+    path = Path(path)
+    if not path.is_file():
+        raise EmbeddingFileError(f"embedding file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise EmbeddingFileError(f"{path.name}: not a readable .npy array ({error}); object arrays are refused "
+                                     "and the file may be truncated") from error
+        return UserEmbedding(_as_rows(array, path.name), labels=(path.stem,))
+    if suffix in (".safetensors", ".sft"):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                keys = list(handle.keys())
+                key = EMBEDDING_KEY if EMBEDDING_KEY in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise EmbeddingFileError(f"{path.name}: expected one tensor named '{EMBEDDING_KEY}', found {keys}")
+                tensor = handle.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise EmbeddingFileError(f"{path.name}: not a readable safetensors file ({error})") from error
+        rows = _as_rows(tensor, path.name)
+        labels = tuple(json.loads(metadata.get("psa.labels", "[]"))) or (path.stem,) * rows.shape[0]
+        return UserEmbedding(rows, metadata.get("psa.encoder") or None, labels, metadata)
+    raise EmbeddingFileError(f"{path.name}: unsupported embedding file type {suffix!r}; "
+                             f"allowed: {', '.join(EMBEDDING_SUFFIXES)}")
+
+
+def save_embedding(embedding: UserEmbedding, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    metadata = {k: v for k, v in embedding.metadata.items()}
+    metadata.update({"psa.format_version": "1", "psa.embedding_dim": str(embedding.dim),
+                     "psa.labels": json.dumps(list(embedding.labels))})
+    if embedding.encoder:
+        metadata["psa.encoder"] = embedding.encoder
+    metadata.update(extra_metadata or {})
+    tensors = {EMBEDDING_KEY: embedding.vectors.detach().float().contiguous()}
+    return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))

@@ -1,0 +1,121 @@
+"""UNet families PSA knows, and their cross-attention layer tables.
+
+An adapter stores one value projection per cross-attention (attn2) layer, numbered in diffusers'
+`attn_processors` order: all down blocks, then all up blocks, then the mid block. ComfyUI names the
+same layer `(block, id, block_index)`: `down_blocks.b.attentions.a` is `("input", 3b+a+1)`,
+`up_blocks.b.attentions.a` is `("output", 3b+a)`, `mid_block` is `("middle", 0)`, and
+`transformer_blocks.t` is `block_index = t`. The tables are generated from that rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import AdapterFileError
+
+ComfyKey = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    index: int
+    diffusers_name: str
+    comfy_key: ComfyKey
+    hidden: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    name: str
+    display_name: str
+    channel_mult: tuple[int, ...]
+    transformer_depth: tuple[int, ...]  # per level, 0 = no attention at that level
+    middle_depth: int
+    num_res_blocks: int
+    model_channels: int
+    context_dim: int
+
+
+_LAYOUTS = {
+    "sd15": _Layout("sd15", "SD1.5", (1, 2, 4, 4), (1, 1, 1, 0), 1, 2, 320, 768),
+    "sdxl": _Layout("sdxl", "SDXL", (1, 2, 4), (0, 2, 10), 10, 2, 320, 2048),
+}
+FAMILY_NAMES = tuple(_LAYOUTS)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One UNet layout at given widths. The published adapters use the real widths."""
+
+    name: str
+    display_name: str
+    model_channels: int
+    context_dim: int
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def is_reference_size(self) -> bool:
+        layout = _LAYOUTS[self.name]
+        return (self.model_channels, self.context_dim) == (layout.model_channels, layout.context_dim)
+
+    def describe(self) -> str:
+        text = f"{self.display_name} ({self.num_layers} cross-attention layers, context {self.context_dim}"
+        if not self.is_reference_size:
+            text += f", base width {self.model_channels}"
+        return text + ")"
+
+    def layer_by_key(self) -> dict[ComfyKey, LayerSpec]:
+        return {layer.comfy_key: layer for layer in self.layers}
+
+
+def _layer_table(layout: _Layout, model_channels: int) -> tuple[LayerSpec, ...]:
+    rows: list[tuple[str, ComfyKey, int]] = []
+    levels = len(layout.channel_mult)
+    for b in range(levels):
+        for a in range(layout.num_res_blocks):
+            for t in range(layout.transformer_depth[b]):
+                rows.append((f"down_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2",
+                             ("input", 3 * b + a + 1, t), model_channels * layout.channel_mult[b]))
+    for b in range(levels):
+        level = levels - 1 - b
+        for a in range(layout.num_res_blocks + 1):
+            for t in range(layout.transformer_depth[level]):
+                rows.append((f"up_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2",
+                             ("output", 3 * b + a, t), model_channels * layout.channel_mult[level]))
+    for t in range(layout.middle_depth):
+        rows.append((f"mid_block.attentions.0.transformer_blocks.{t}.attn2",
+                     ("middle", 0, t), model_channels * layout.channel_mult[-1]))
+    return tuple(LayerSpec(i, name, key, hidden) for i, (name, key, hidden) in enumerate(rows))
+
+
+@lru_cache(maxsize=None)
+def get_family(name: str, model_channels: int | None = None, context_dim: int | None = None) -> Family:
+    """The family `name` ("sd15" or "sdxl"), at real widths unless others are given (tiny test models)."""
+    if name not in _LAYOUTS:
+        raise AdapterFileError(f"unknown model family {name!r}; allowed: {', '.join(FAMILY_NAMES)}")
+    layout = _LAYOUTS[name]
+    channels = model_channels or layout.model_channels
+    context = context_dim or layout.context_dim
+    return Family(name, layout.display_name, channels, context, _layer_table(layout, channels))
+
+
+def recognise_family(hidden_sizes: list[int], context_dim: int) -> Family:
+    """Find the family whose layer table has exactly these per-layer widths, in checkpoint order."""
+    for name, layout in _LAYOUTS.items():
+        first_level = next(i for i, depth in enumerate(layout.transformer_depth) if depth)
+        probe = get_family(name, 1, context_dim)
+        if len(hidden_sizes) != probe.num_layers:
+            continue
+        channels, remainder = divmod(hidden_sizes[0], layout.channel_mult[first_level])
+        if remainder == 0 and channels > 0:
+            family = get_family(name, channels, context_dim)
+            if [layer.hidden for layer in family.layers] == list(hidden_sizes):
+                return family
+    counts = ", ".join(f"{layout.display_name} has {get_family(n).num_layers}" for n, layout in _LAYOUTS.items())
+    raise AdapterFileError(
+        f"{len(hidden_sizes)} value layers of widths {sorted(set(hidden_sizes))} match no known UNet ({counts} "
+        "cross-attention layers with widths following its block layout)")

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_env import REPO, import_comfy_in_process, import_pack, put_comfyui_first_on_path  # noqa: E402
+
+put_comfyui_first_on_path()
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # psa_core and trainer as top-level packages, after ComfyUI
+
+
+def reference_dir() -> Path:
+    return Path(os.environ.get("PSA_REFERENCE_DIR") or REPO.parent / "shared" / "reference")
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    path = reference_dir()
+    if not (path / "users.csv").is_file():
+        pytest.fail(f"reference data not found at {path}; set PSA_REFERENCE_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI's `folder_paths` module, after importing ComfyUI in-process on the CPU."""
+    return import_comfy_in_process()
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """This repository imported as a ComfyUI custom-node package (use its classes, not top-level psa_core's)."""
+    return import_pack()
+
+
+@pytest.fixture
+def model_folders(comfy, pack, tmp_path):
+    """Fresh, empty psa/ and psa_embeddings/ folders registered first for one test."""
+    saved = {name: comfy.folder_names_and_paths[name] for name in ("psa", "psa_embeddings")}
+    folders = {}
+    for name in saved:
+        folder = tmp_path / "models" / name
+        folder.mkdir(parents=True)
+        paths, extensions = saved[name]
+        comfy.folder_names_and_paths[name] = ([str(folder)] + list(paths), extensions)
+        folders[name] = folder
+    comfy.filename_list_cache.clear()
+    yield folders
+    comfy.folder_names_and_paths.update(saved)
+    comfy.filename_list_cache.clear()
