@@ -218,7 +218,7 @@ def adapter_metadata(adapter: LoadedAdapter, extra: Mapping[str, object] | None 
         "psa.family": adapter.family.name,
         "psa.family_display": adapter.family.describe(),
         "psa.context_dim": str(adapter.family.context_dim),
-        "psa.model_channels": str(adapter.family.model_channels),
+        "psa.layer_widths": json.dumps([layer.hidden for layer in adapter.family.layers]),
         "psa.num_layers": str(adapter.family.num_layers),
         "psa.embedding_dim": str(adapter.embedding_dim),
         "psa.layout": "flat reference keys: user_proj.* and psa_adapter.<i>.to_{k,v}_user.0.weight",

@@ -45,11 +45,11 @@ FAMILY_NAMES = tuple(_LAYOUTS)
 
 @dataclass(frozen=True)
 class Family:
-    """One UNet layout at given widths. The published adapters use the real widths."""
+    """One UNet layout with given widths. The published adapters use the real widths; tests and
+    unusual fine-tunes may use others, as long as the block structure is the family's."""
 
     name: str
     display_name: str
-    model_channels: int
     context_dim: int
     layers: tuple[LayerSpec, ...]
 
@@ -59,63 +59,64 @@ class Family:
 
     @property
     def is_reference_size(self) -> bool:
-        layout = _LAYOUTS[self.name]
-        return (self.model_channels, self.context_dim) == (layout.model_channels, layout.context_dim)
+        return self == get_family(self.name)
 
     def describe(self) -> str:
         text = f"{self.display_name} ({self.num_layers} cross-attention layers, context {self.context_dim}"
         if not self.is_reference_size:
-            text += f", base width {self.model_channels}"
+            text += f", widths {'/'.join(str(w) for w in sorted({l.hidden for l in self.layers}))}"
         return text + ")"
 
     def layer_by_key(self) -> dict[ComfyKey, LayerSpec]:
         return {layer.comfy_key: layer for layer in self.layers}
 
 
-def _layer_table(layout: _Layout, model_channels: int) -> tuple[LayerSpec, ...]:
+def _layer_rows(layout: _Layout) -> list[tuple[str, ComfyKey, int]]:
+    """(diffusers name, ComfyUI key, level) per attn2 layer, in checkpoint order."""
     rows: list[tuple[str, ComfyKey, int]] = []
     levels = len(layout.channel_mult)
     for b in range(levels):
         for a in range(layout.num_res_blocks):
             for t in range(layout.transformer_depth[b]):
-                rows.append((f"down_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2",
-                             ("input", 3 * b + a + 1, t), model_channels * layout.channel_mult[b]))
+                rows.append((f"down_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2", ("input", 3 * b + a + 1, t), b))
     for b in range(levels):
         level = levels - 1 - b
         for a in range(layout.num_res_blocks + 1):
             for t in range(layout.transformer_depth[level]):
-                rows.append((f"up_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2",
-                             ("output", 3 * b + a, t), model_channels * layout.channel_mult[level]))
+                rows.append((f"up_blocks.{b}.attentions.{a}.transformer_blocks.{t}.attn2", ("output", 3 * b + a, t), level))
     for t in range(layout.middle_depth):
-        rows.append((f"mid_block.attentions.0.transformer_blocks.{t}.attn2",
-                     ("middle", 0, t), model_channels * layout.channel_mult[-1]))
-    return tuple(LayerSpec(i, name, key, hidden) for i, (name, key, hidden) in enumerate(rows))
+        rows.append((f"mid_block.attentions.0.transformer_blocks.{t}.attn2", ("middle", 0, t), levels - 1))
+    return rows
+
+
+def _build(layout: _Layout, level_widths: dict[int, int], context_dim: int) -> Family:
+    layers = tuple(LayerSpec(i, name, key, level_widths[level])
+                   for i, (name, key, level) in enumerate(_layer_rows(layout)))
+    return Family(layout.name, layout.display_name, context_dim, layers)
 
 
 @lru_cache(maxsize=None)
-def get_family(name: str, model_channels: int | None = None, context_dim: int | None = None) -> Family:
+def get_family(name: str, model_channels: int | None = None, context_dim: int | None = None,
+               channel_mult: tuple[int, ...] | None = None) -> Family:
     """The family `name` ("sd15" or "sdxl"), at real widths unless others are given (tiny test models)."""
     if name not in _LAYOUTS:
         raise AdapterFileError(f"unknown model family {name!r}; allowed: {', '.join(FAMILY_NAMES)}")
     layout = _LAYOUTS[name]
     channels = model_channels or layout.model_channels
-    context = context_dim or layout.context_dim
-    return Family(name, layout.display_name, channels, context, _layer_table(layout, channels))
+    mult = channel_mult or layout.channel_mult
+    return _build(layout, {level: channels * m for level, m in enumerate(mult)}, context_dim or layout.context_dim)
 
 
 def recognise_family(hidden_sizes: list[int], context_dim: int) -> Family:
-    """Find the family whose layer table has exactly these per-layer widths, in checkpoint order."""
-    for name, layout in _LAYOUTS.items():
-        first_level = next(i for i, depth in enumerate(layout.transformer_depth) if depth)
-        probe = get_family(name, 1, context_dim)
-        if len(hidden_sizes) != probe.num_layers:
+    """The family whose block structure has these per-layer widths, in checkpoint order (one width per level)."""
+    for layout in _LAYOUTS.values():
+        rows = _layer_rows(layout)
+        if len(rows) != len(hidden_sizes):
             continue
-        channels, remainder = divmod(hidden_sizes[0], layout.channel_mult[first_level])
-        if remainder == 0 and channels > 0:
-            family = get_family(name, channels, context_dim)
-            if [layer.hidden for layer in family.layers] == list(hidden_sizes):
-                return family
-    counts = ", ".join(f"{layout.display_name} has {get_family(n).num_layers}" for n, layout in _LAYOUTS.items())
+        level_widths: dict[int, int] = {}
+        if all(level_widths.setdefault(level, width) == width for (_, _, level), width in zip(rows, hidden_sizes)):
+            return _build(layout, level_widths, context_dim)
+    counts = ", ".join(f"{layout.display_name} has {len(_layer_rows(layout))}" for layout in _LAYOUTS.values())
     raise AdapterFileError(
         f"{len(hidden_sizes)} value layers of widths {sorted(set(hidden_sizes))} match no known UNet ({counts} "
-        "cross-attention layers with widths following its block layout)")
+        "cross-attention layers, with one width per resolution level)")

@@ -53,3 +53,13 @@ def model_folders(comfy, pack, tmp_path):
     yield folders
     comfy.folder_names_and_paths.update(saved)
     comfy.filename_list_cache.clear()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One headless ComfyUI server for the session, with this pack and the test-only nodes loaded."""
+    from http_server import ComfyServer
+
+    server = ComfyServer(tmp_path_factory.mktemp("comfy_base")).start()
+    yield server
+    server.stop()

@@ -30,7 +30,7 @@ SDXL_UNET = {
 
 
 def build_model(family: str, model_channels: int = TINY_CHANNELS, context_dim: int | None = None,
-                seed: int = 0, dtype: torch.dtype = torch.float32):
+                seed: int = 0, dtype: torch.dtype = torch.float32, channel_mult: list[int] | None = None):
     """A ComfyUI ModelPatcher around an SD15 or SDXL BaseModel of tiny width with explicit random weights."""
     import comfy.model_management
     import comfy.model_patcher
@@ -39,6 +39,8 @@ def build_model(family: str, model_channels: int = TINY_CHANNELS, context_dim: i
     context_dim = context_dim or TINY_CONTEXT[family]
     unet = dict(SD15_UNET if family == "sd15" else SDXL_UNET)
     unet.update(model_channels=model_channels, context_dim=context_dim)
+    if channel_mult:
+        unet["channel_mult"] = list(channel_mult)
     config_class = comfy.supported_models.SD15 if family == "sd15" else comfy.supported_models.SDXL
     config = config_class(unet)
     config.unet_config.update(num_heads=2, num_head_channels=-1)  # the real 8 heads / 64-d heads do not divide tiny widths

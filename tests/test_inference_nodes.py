@@ -1,0 +1,67 @@
+"""The three inference nodes through ComfyUI's model folders, with real files and clear errors."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_models as tm
+
+
+@pytest.fixture(scope="module")
+def sd15_model(comfy):
+    return tm.build_model("sd15")
+
+
+def nodes(pack):
+    return pack.nodes.nodes_inference
+
+
+def test_loaders_list_and_load_files_from_the_model_folders(pack, model_folders, sd15_model, reference):
+    family = pack.psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    tm.write_adapter(tm.random_adapter_tensors(family, 3584), model_folders["psa"] / "tiny_psa.safetensors")
+    shutil.copy(reference / "embeddings" / "0000001.npy", model_folders["psa_embeddings"] / "0000001.npy")
+    schema = nodes(pack).PSALoadAdapter.define_schema()
+    assert "tiny_psa.safetensors" in schema.inputs[0].options
+    assert "0000001.npy" in nodes(pack).PSALoadEmbedding.define_schema().inputs[0].options
+    adapter = nodes(pack).PSALoadAdapter.execute("tiny_psa.safetensors").result[0]
+    embedding = nodes(pack).PSALoadEmbedding.execute("0000001.npy").result[0]
+    patched = nodes(pack).PSAApply.execute(sd15_model, adapter, embedding, 1.0, 0.0, 1.0).result[0]
+    plain, _ = tm.sample(sd15_model, "sd15", steps=1)
+    with_psa, _ = tm.sample(patched, "sd15", steps=1)
+    assert torch.isfinite(with_psa).all() and (with_psa - plain).abs().max() > 1e-3
+    fingerprint = nodes(pack).PSALoadAdapter.fingerprint_inputs("tiny_psa.safetensors")
+    (model_folders["psa"] / "tiny_psa.safetensors").touch()
+    import os
+    os.utime(model_folders["psa"] / "tiny_psa.safetensors", ns=(1, 1))
+    assert nodes(pack).PSALoadAdapter.fingerprint_inputs("tiny_psa.safetensors") != fingerprint
+
+
+def test_family_mismatch_names_both(pack, tmp_path, sd15_model):
+    sdxl = pack.psa_core.get_family("sdxl")
+    adapter = pack.psa_core.LoadedAdapter(sdxl, 3584, {}, [], name="psa_sdxl.safetensors")
+    embedding = pack.psa_core.UserEmbedding(torch.zeros(1, 3584))
+    with pytest.raises(pack.psa_core.CompatibilityError,
+                       match=r"adapter 'psa_sdxl.safetensors' is for SDXL \(70 cross-attention layers, context 2048\) "
+                             r"but the model is SD1.5 \(16 cross-attention layers, context 64\)"):
+        nodes(pack).PSAApply.execute(sd15_model, adapter, embedding, 1.0, 0.0, 1.0)
+
+
+def test_embedding_dimension_mismatch_names_both(pack, tmp_path, sd15_model):
+    family = pack.psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    adapter = pack.psa_core.load_adapter(tm.write_adapter(tm.random_adapter_tensors(family, 3584),
+                                                          tmp_path / "a.safetensors"))
+    np.save(tmp_path / "short.npy", np.zeros(1024, np.float32))
+    embedding = pack.psa_core.load_embedding(tmp_path / "short.npy")
+    with pytest.raises(pack.psa_core.CompatibilityError,
+                       match="embedding has 1024 dimensions but adapter 'a.safetensors' expects 3584"):
+        nodes(pack).PSAApply.execute(sd15_model, adapter, embedding, 1.0, 0.0, 1.0)
+
+
+def test_missing_file_and_bad_window(pack, model_folders):
+    with pytest.raises(Exception, match="nothing.safetensors"):
+        nodes(pack).PSALoadAdapter.execute("nothing.safetensors")
+    assert "must not be larger" in nodes(pack).PSAApply.validate_inputs(start_percent=0.8, end_percent=0.2)
+    assert nodes(pack).PSAApply.validate_inputs(start_percent=0.2, end_percent=0.8) is True
