@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import weakref
 
 import torch
 from torch import nn
@@ -44,6 +45,21 @@ def describe_model(layers: dict[ComfyKey, nn.Module], context_dim: int | None) -
     return f"a model with {len(layers)} SD-style cross-attention layers and context {context_dim}"
 
 
+class _LayerCache:
+    """Offsets of one layer for one sampling run, device and dtype (see PSAAttentionPatch._offsets)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, run: torch.Tensor, offsets: torch.Tensor):
+        self.weight = weakref.ref(weight)
+        self.bias = weakref.ref(bias) if bias is not None else None
+        self.run = weakref.ref(run)
+        self.offsets = offsets
+        self.per_sample: dict[tuple, torch.Tensor] = {}
+
+    def valid_for(self, weight, bias, run) -> bool:
+        return (self.weight() is weight and self.run() is run
+                and (self.bias() if self.bias is not None else None) is bias)
+
+
 class PSAAttentionPatch:
     """Callable registered with `ModelPatcher.set_model_attn2_output_patch`.
 
@@ -61,7 +77,7 @@ class PSAAttentionPatch:
         self.sigma_end = sigma_end
         self.window_is_full = window_is_full
         self.enabled = True
-        self._cast: dict[tuple, torch.Tensor] = {}
+        self._cache: dict[tuple, _LayerCache] = {}
         self.hits: set[ComfyKey] | None = None  # set to a set() to record which layers fire (tests, diagnostics)
 
     def __deepcopy__(self, memo: dict) -> "PSAAttentionPatch":
@@ -74,19 +90,38 @@ class PSAAttentionPatch:
         return []
 
     def to(self, device_or_dtype) -> "PSAAttentionPatch":
-        if isinstance(device_or_dtype, torch.device):
-            self.values = {k: v.to(device_or_dtype) for k, v in self.values.items()}
-            self._cast = {}
-        return self
+        """ComfyUI moves patches with the model (a device, then the model's dtype). Values follow the device."""
+        if not isinstance(device_or_dtype, torch.device):
+            return self
+        if all(v.device == device_or_dtype for v in self.values.values()):
+            return self
+        moved = copy.copy(self)
+        moved.values = {k: v.to(device_or_dtype) for k, v in self.values.items()}
+        moved._cache = {}
+        return moved
 
-    def _scaled_rows(self, key: ComfyKey, like: torch.Tensor) -> torch.Tensor:
+    def _offsets(self, key: ComfyKey, to_out: nn.Module, like: torch.Tensor, run) -> _LayerCache | torch.Tensor:
+        """`s·W_out·W_v·[u_1..u_N, u0]` through the model's own `to_out` (its bias cancels).
+
+        Within one sampling run (one `sample_sigmas` tensor) and for the same weight objects the result
+        cannot change, so it is cached; weight functions (low-VRAM LoRA) are evaluated on every call."""
+        weight, bias = to_out.weight, getattr(to_out, "bias", None)
+        cacheable = run is not None and not getattr(to_out, "weight_function", None) \
+            and not getattr(to_out, "bias_function", None)
         cache_key = (key, like.device, like.dtype)
-        rows = self._cast.get(cache_key)
-        if rows is None:
-            values = self.values[key].to(like.device) * self.strength
-            rows = torch.cat([values, values.new_zeros(1, values.shape[1])]).to(like.dtype)
-            self._cast[cache_key] = rows
-        return rows
+        if cacheable:
+            cached = self._cache.get(cache_key)
+            if cached is not None and cached.valid_for(weight, bias, run):
+                return cached
+        values = self.values[key].to(like.device) * self.strength
+        rows = torch.cat([values, values.new_zeros(1, values.shape[1])]).to(like.dtype)
+        projected = to_out(rows)
+        offsets = projected[:-1] - projected[-1:]
+        if not cacheable:
+            return offsets
+        entry = _LayerCache(weight, bias, run, offsets)
+        self._cache[cache_key] = entry
+        return entry
 
     def _user_rows(self, offsets: torch.Tensor, chunk: int) -> torch.Tensor:
         if self.num_users == 1:
@@ -96,6 +131,11 @@ class PSAAttentionPatch:
                                      f"{chunk} latents; make the batch size equal to the number of profiles "
                                      "(or use a single profile)")
         return offsets[:self.num_users]
+
+    def _per_sample(self, offsets: torch.Tensor, flags: list[int], chunk: int) -> torch.Tensor:
+        null_row = offsets[self.num_users:self.num_users + 1]
+        return torch.cat([null_row.expand(chunk, -1) if flag == 1 else self._user_rows(offsets, chunk)
+                          for flag in flags])[:, None, :]
 
     def __call__(self, out: torch.Tensor, extra_options: dict) -> torch.Tensor:
         block = extra_options.get("block")
@@ -107,18 +147,21 @@ class PSAAttentionPatch:
             return out
         if self.hits is not None:
             self.hits.add(key)
-        projected = to_out(self._scaled_rows(key, out))
-        offsets = projected[:-1] - projected[-1:]  # s·W_out·W_v·u per row; to_out's bias cancels
-        chunk_flags = extra_options.get("cond_or_uncond") or [0]
-        chunk = out.shape[0] // len(chunk_flags)
-        null_row = offsets[self.num_users:self.num_users + 1]
-        per_sample = torch.cat([null_row.expand(chunk, -1) if flag == 1 else self._user_rows(offsets, chunk)
-                                for flag in chunk_flags])
+        flags = extra_options.get("cond_or_uncond") or [0]
+        chunk = out.shape[0] // len(flags)
+        found = self._offsets(key, to_out, out, extra_options.get("sample_sigmas"))
+        if isinstance(found, _LayerCache):
+            layout = (tuple(flags), chunk)
+            per_sample = found.per_sample.get(layout)
+            if per_sample is None:
+                per_sample = found.per_sample[layout] = self._per_sample(found.offsets, flags, chunk)
+        else:
+            per_sample = self._per_sample(found, flags, chunk)
         if not self.window_is_full:
-            sigmas = extra_options["sigmas"].to(out.device).repeat(len(chunk_flags))
+            sigmas = extra_options["sigmas"].to(out.device).repeat(len(flags))
             active = (sigmas <= self.sigma_start) & (sigmas >= self.sigma_end)
-            per_sample = per_sample * active[:, None].to(per_sample.dtype)
-        return out + per_sample[:, None, :]
+            per_sample = per_sample * active[:, None, None].to(per_sample.dtype)
+        return out + per_sample
 
 
 def apply_psa(model, adapter: LoadedAdapter, embedding: UserEmbedding, strength: float,

@@ -29,15 +29,15 @@ def put_comfyui_first_on_path() -> Path:
     return path
 
 
-def import_comfy_in_process():
-    """Import ComfyUI's core on the CPU, as main.py would, without parsing our argv."""
+def import_comfy_in_process(cpu: bool = True):
+    """Import ComfyUI's core (on the CPU unless told otherwise), as main.py would, without parsing our argv."""
     put_comfyui_first_on_path()
     import comfy.options
 
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     import comfy.model_management  # noqa: F401  (reads args.cpu at import)
     import comfy.sample  # noqa: F401
     import folder_paths
