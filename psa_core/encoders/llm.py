@@ -1,0 +1,235 @@
+"""The reference-exact LLM encoder (psa-reference.md §5.4, get_embeds.py).
+
+Any local Hugging Face causal-LM folder, loaded with transformers from local files only. Per profile: the
+template filled in the reference's way, the chat template with a single user message and
+`add_generation_prompt=True`, left-padded batches (32 by default) with `truncation=True`, one forward
+pass, the last hidden state (after the final norm), and a masked mean `sum / count` computed in the
+model's dtype (bf16 for Qwen2.5-7B-Instruct), then cast to fp32. The model exists only while encoding.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..adapter_file import REFERENCE_ENCODER
+from ..profile import UserProfile
+from .base import EncoderError, ProfileEncoder
+from .template import PromptTemplate, render_prompt
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto",) + tuple(DTYPES)
+REFERENCE_BATCH_SIZE = 32
+POOLING = "last-hidden-masked-mean-v1"
+# Qwen2.5-7B(-Instruct)'s architecture; its embeddings are what the published adapters were trained on.
+_REFERENCE_SIGNATURE = {"model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944,
+                        "vocab_size": 152064}
+_WHOLE_FILE_LIMIT = 16 << 20
+_SAMPLE = 1 << 20
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+BeforeLoad = Callable[[int, torch.device], None]
+AfterRelease = Callable[[], None]
+
+_fingerprints: dict[tuple, str] = {}
+
+
+def _top_level_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A content identity of a model folder: small files whole, large ones by size, head and tail.
+
+    Memoised on (path, names, sizes, mtimes), so a cache hit costs a directory listing, not a hash."""
+    model_dir = Path(model_dir).resolve()
+    files = _top_level_files(model_dir)
+    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    memo_key = (str(model_dir), stats)
+    if memo_key not in _fingerprints:
+        digest = hashlib.sha256()
+        for path, (name, size, _) in zip(files, stats):
+            digest.update(f"{name}\0{size}\0".encode())
+            with path.open("rb") as handle:
+                if size <= _WHOLE_FILE_LIMIT:
+                    digest.update(handle.read())
+                else:
+                    digest.update(handle.read(_SAMPLE))
+                    handle.seek(size - _SAMPLE)
+                    digest.update(handle.read(_SAMPLE))
+        _fingerprints[memo_key] = digest.hexdigest()
+    return _fingerprints[memo_key]
+
+
+def read_model_config(model_dir: Path) -> dict:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise EncoderError(f"{model_dir} is not a Hugging Face model folder (no config.json); expected a local "
+                           "causal-LM folder with config.json, tokenizer files and weights, e.g. "
+                           "Qwen2.5-7B-Instruct for the published adapters")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EncoderError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise EncoderError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def encoder_name_for(config: dict) -> str:
+    """What the embeddings are called in adapter metadata: the reference name for Qwen2.5-7B's architecture."""
+    if all(config.get(k) == v for k, v in _REFERENCE_SIGNATURE.items()):
+        return REFERENCE_ENCODER
+    return f"hf-{config.get('model_type', 'unknown')}-{config.get('hidden_size')}x{config.get('num_hidden_layers')}"
+
+
+def _resolve_dtype(dtype: str, config: dict) -> str:
+    if dtype == "auto":  # the reference's torch_dtype="auto": whatever the checkpoint declares
+        declared = config.get("dtype") or config.get("torch_dtype") or "float32"
+        if declared not in DTYPES:
+            raise EncoderError(f"the model declares dtype {declared!r}; choose one of {', '.join(DTYPES)}")
+        return declared
+    if dtype not in DTYPES:
+        raise EncoderError(f"unknown precision {dtype!r}; allowed: {', '.join(DTYPE_CHOICES)}")
+    return dtype
+
+
+def estimate_weight_bytes(model_dir: Path, dtype: torch.dtype) -> int:
+    """Bytes the weights take in `dtype`, from safetensors headers (file sizes for other formats)."""
+    element = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for path in _top_level_files(model_dir):
+        if path.suffix == ".safetensors":
+            with path.open("rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(length))
+            for key, entry in header.items():
+                if key != "__metadata__":
+                    count = 1
+                    for dim in entry["shape"]:
+                        count *= dim
+                    total += count * (element if entry["dtype"] in ("F32", "BF16", "F16") else
+                                      _SAFETENSORS_BYTES.get(entry["dtype"], 4))
+        elif path.suffix in _WEIGHT_SUFFIXES:
+            total += path.stat().st_size
+    return total
+
+
+def _from_pretrained_kwargs(dtype: torch.dtype) -> dict:
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    # transformers renamed torch_dtype to dtype in 4.56; older versions would pass an unknown `dtype` on silently.
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reference pooling, in the hidden states' dtype: `(h * m).sum(1) / m.sum(1)`, then fp32."""
+    mask = attention_mask.unsqueeze(-1)
+    return ((hidden * mask).sum(dim=1) / mask.sum(dim=1)).to(torch.float32)
+
+
+class LLMEncoder(ProfileEncoder):
+    """Encode profiles with a local causal LM. Nothing is loaded until `encode_uncached` runs.
+
+    `before_load(bytes, device)` runs before the weights are loaded (ComfyUI frees memory there);
+    `after_release()` runs after the model has been deleted (ComfyUI empties its caches there)."""
+
+    def __init__(self, model_dir: str | Path, template: PromptTemplate, *, dtype: str = "auto",
+                 device: str | torch.device = "cpu", batch_size: int = REFERENCE_BATCH_SIZE,
+                 before_load: BeforeLoad | None = None, after_release: AfterRelease | None = None):
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise EncoderError(f"LLM folder not found: {self.model_dir}; expected a local Hugging Face causal-LM "
+                               "folder (config.json, tokenizer, weights), e.g. Qwen2.5-7B-Instruct for the "
+                               "published adapters")
+        self.config = read_model_config(self.model_dir)
+        self.template = template
+        self.dtype_name = _resolve_dtype(dtype, self.config)
+        self.dtype = DTYPES[self.dtype_name]
+        self.device = torch.device(device)
+        if batch_size < 1:
+            raise EncoderError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.before_load, self.after_release = before_load, after_release
+        self.name = encoder_name_for(self.config)
+
+    @property
+    def identity(self) -> str:
+        return (f"llm|{self.name}|model={model_fingerprint(self.model_dir)}|template={self.template.sha256}"
+                f"|dtype={self.dtype_name}|{POOLING}")
+
+    @property
+    def dim(self) -> int | None:
+        return self.config.get("hidden_size")
+
+    def prompts(self, profiles: Sequence[UserProfile]) -> list[str]:
+        return [render_prompt(self.template, p) for p in profiles]
+
+    def chat_texts(self, tokenizer, profiles: Sequence[UserProfile]) -> list[str]:
+        if not getattr(tokenizer, "chat_template", None):
+            raise EncoderError(f"the tokenizer in {self.model_dir} has no chat template; the reference recipe "
+                               "needs an instruct model's chat template (e.g. Qwen2.5-7B-Instruct)")
+        return [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                              add_generation_prompt=True) for prompt in self.prompts(profiles)]
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True, padding_side="left")
+        except (OSError, ValueError) as error:
+            raise EncoderError(f"cannot load the tokenizer from {self.model_dir}: {error}") from None
+
+    def _load_model(self):
+        import transformers
+
+        kwargs = _from_pretrained_kwargs(self.dtype)
+        if self.device.type != "cpu":
+            kwargs["device_map"] = {"": self.device}
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # the base model skips lm_head: expected, not worth a warning
+        try:
+            model = transformers.AutoModel.from_pretrained(str(self.model_dir), local_files_only=True, **kwargs)
+        except (OSError, ValueError, KeyError) as error:
+            raise EncoderError(f"cannot load the model from {self.model_dir}: {error}") from None
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        return model.to(self.device).eval()
+
+    def _forward(self, model, tokenizer, texts: list[str]) -> torch.Tensor:
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                inputs = tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                   truncation=True)
+                input_ids = inputs["input_ids"].to(self.device)
+                attention_mask = inputs["attention_mask"].to(self.device)
+                hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                rows.append(masked_mean(hidden, attention_mask).cpu())
+        return torch.cat(rows)
+
+    def encode_uncached(self, profiles: Sequence[UserProfile]) -> torch.Tensor:
+        tokenizer = self.load_tokenizer()
+        texts = self.chat_texts(tokenizer, profiles)
+        if self.before_load is not None:
+            self.before_load(estimate_weight_bytes(self.model_dir, self.dtype), self.device)
+        model = None
+        try:
+            model = self._load_model()
+            return self._forward(model, tokenizer, texts)
+        finally:
+            del model
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if self.after_release is not None:
+                self.after_release()
