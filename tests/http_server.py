@@ -23,9 +23,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+DEFAULT_LINKS = {PACK_FOLDER: REPO, TEST_NODES_FOLDER: REPO / "tests" / "http_support" / TEST_NODES_FOLDER}
+
+
 class ComfyServer:
-    def __init__(self, base: Path):
+    """`links` are custom-node folders linked into the base directory; `packs` are the custom-node folder
+    names loaded (default: the linked ones). Nothing else in custom_nodes/ is loaded."""
+
+    def __init__(self, base: Path, links: dict[str, Path] | None = None, packs: list[str] | None = None):
         self.base = base
+        self.links = DEFAULT_LINKS if links is None else links
+        self.packs = list(self.links) if packs is None else packs
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"
@@ -42,14 +50,13 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         custom_nodes = self.base / "custom_nodes"
         custom_nodes.mkdir(parents=True, exist_ok=True)
-        (custom_nodes / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
-        (custom_nodes / TEST_NODES_FOLDER).symlink_to(REPO / "tests" / "http_support" / TEST_NODES_FOLDER,
-                                                       target_is_directory=True)
+        for name, source in self.links.items():
+            (custom_nodes / name).symlink_to(source, target_is_directory=True)
         for folder in ("psa", "psa_embeddings", "diffusion_models", "checkpoints", "loras"):
             (self.models / folder).mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(comfyui_path() / "main.py"), "--cpu", "--listen", "127.0.0.1",
                    "--port", str(self.port), "--base-directory", str(self.base), "--disable-all-custom-nodes",
-                   "--whitelist-custom-nodes", PACK_FOLDER, TEST_NODES_FOLDER, "--disable-metadata",
+                   "--whitelist-custom-nodes", *self.packs, "--disable-metadata",
                    "--dont-print-server", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
                    "--disable-auto-launch"]
         environment = dict(os.environ, PYTHONUNBUFFERED="1")
