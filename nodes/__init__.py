@@ -8,9 +8,10 @@ from .model_folders import register_model_folders
 register_model_folders()
 
 from . import nodes_inference  # noqa: E402  (the folders must exist before schemas list their files)
+from . import nodes_dataset  # noqa: E402
 from . import nodes_profile  # noqa: E402
 
-FEATURE_MODULES = [nodes_inference, nodes_profile]
+FEATURE_MODULES = [nodes_inference, nodes_profile, nodes_dataset]
 
 
 class PSAExtension(ComfyExtension):

@@ -51,7 +51,8 @@ SD15_WORKFLOW = REPO / "workflows" / "psa_sd15_text_to_image.json"
 EMBEDDING = "0000001.npy"
 # Loader nodes whose first widget names a model file, and the models/ folder it is looked up in.
 LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "PSALoadAdapter": "psa",
-                  "PSALoadEmbedding": "psa_embeddings"}
+                  "PSALoadEmbedding": "psa_embeddings",
+                  "PSALoadPromptPairs": "../input"}  # relative to models/: prompt-pair files live in input/
 # Input types the frontend draws as widgets; every other input type is a link socket.
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Graph edits before queueing, to keep a CPU run short: (node type, widget, value).
@@ -284,8 +285,9 @@ def widget_inputs(node_info: dict) -> tuple[list[str], list[str]]:
     widgets, links = [], []
     for section in ("required", "optional"):
         for name, spec in node_info["input"].get(section, {}).items():
-            kind = spec[0]
-            (widgets if isinstance(kind, list) or kind in WIDGET_TYPES else links).append(name)
+            kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+            drawn_as_widget = (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+            (widgets if drawn_as_widget else links).append(name)
     return widgets, links
 
 

@@ -14,9 +14,11 @@ from comfy_env import REPO
 from http_server import PACK_FOLDER
 from workflow_check import check_api_prompt
 
-PSA_NODE_IDS = {"PSALoadAdapter", "PSALoadEmbedding", "PSAApply"}
+PSA_NODE_IDS = {"PSALoadAdapter", "PSALoadEmbedding", "PSAApply", "PSALoadPromptPairs", "PSASavePreferencePair",
+                "PSARewritePrompt"}
 LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "PSALoadAdapter": "psa", "PSALoadEmbedding": "psa_embeddings",
-                  "UNETLoader": "diffusion_models", "LoraLoader": "loras"}
+                  "UNETLoader": "diffusion_models", "LoraLoader": "loras",
+                  "PSALoadPromptPairs": "../input"}  # relative to models/: prompt-pair files live in input/
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 
 

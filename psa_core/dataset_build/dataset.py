@@ -1,0 +1,282 @@
+"""A preference dataset folder of unlabelled image pairs, written one pair at a time, safely.
+
+Layout (the SAGE image names of training-notes.md §11; the pairs file is the trainer's unlabelled-pairs input):
+```
+<folder>/dataset.json    format, version, extra_categories (categories beyond the seven)
+<folder>/pairs.jsonl     one line per complete pair: safe, unsafe, category, caption (the unsafe prompt),
+                         concept, safe_prompt, seed, batch_index, settings
+<folder>/images/user_0000000_<category>_<concept>_<nnnnn>_{s|u}.jpg
+```
+The pairs are not labelled: the trainer labels them per profile (banned category → the safe image is chosen,
+allowed → the unsafe image). `0000000` stands for "no user yet".
+
+A pair is identified by its category, concept, both prompts, seed and batch index: writing the same pair again
+replaces it (same number, same line) instead of adding one. Writes are atomic per pair: a replaced pair's line
+is first removed, then both images are written (each to a temporary file moved into place), and only then is
+the line written; `pairs.jsonl` itself is always replaced whole. A process killed at any point leaves a valid
+pairs file whose every line has both of its complete images; files a killed write left behind (temporary files,
+images not in the pairs file) are removed by the next writer. Writers take a lock file, so two processes can
+add to one dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..atomic import atomic_write
+from ..training.errors import DatasetError
+from ..training.labelling import DATASET_INFO_NAME
+from .prompt_pairs import MAX_SEED, canonical_category, parse_extra_categories, slug
+
+PAIRS_NAME = "pairs.jsonl"
+IMAGES_DIR = "images"
+LOCK_NAME = ".lock"
+UNLABELLED_USER = "0000000"
+FORMAT, VERSION = "psa-unlabelled-pairs", 1
+JPEG_QUALITY = 95
+IMAGE_NAME = re.compile(r"^user_\d{7}_.+_(\d{5,})_[su]\.jpg$")
+LABELLING_RULE = ("labelled per profile at training time: a profile that bans the category prefers the safe "
+                  "image (_s), one that allows it the unsafe image (_u)")
+
+
+@dataclass(frozen=True)
+class PairItem:
+    """What identifies a pair: its prompts and the seed (and batch index) both images were rendered with."""
+
+    category: str
+    concept: str
+    unsafe_prompt: str
+    safe_prompt: str
+    seed: int
+    batch_index: int = 0
+
+    @property
+    def key(self) -> str:
+        identity = [self.category, self.concept, self.unsafe_prompt, self.safe_prompt, self.seed, self.batch_index]
+        return hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode()).hexdigest()
+
+    def check(self) -> None:
+        problems = [f"{name} must be non-empty text" for name in ("concept", "unsafe_prompt", "safe_prompt")
+                    if not isinstance(getattr(self, name), str) or not getattr(self, name).strip()]
+        if not problems and not slug(self.concept):
+            problems.append(f"concept {self.concept!r} has no letter or digit (it becomes part of the image names)")
+        if not problems and self.unsafe_prompt.strip() == self.safe_prompt.strip():
+            problems.append("unsafe_prompt and safe_prompt are the same text; a pair needs a safe rewrite that differs")
+        for name, top in (("seed", MAX_SEED), ("batch_index", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (top is not None and value > top):
+                problems.append(f"{name} {value!r} is not allowed; allowed: an integer 0 to {top or 'any'}")
+        if problems:
+            raise DatasetError("cannot write this pair: " + "; ".join(problems))
+
+    @staticmethod
+    def of_record(record: Mapping) -> "PairItem | None":
+        try:
+            return PairItem(record["category"], record["concept"], record["caption"], record["safe_prompt"],
+                            record["seed"], record.get("batch_index", 0))
+        except KeyError:
+            return None  # a line added by hand: kept, never matched
+
+
+@dataclass(frozen=True)
+class WrittenPair:
+    number: int
+    safe: str
+    unsafe: str
+    replaced: bool
+
+
+def _number(record: Mapping) -> int | None:
+    match = IMAGE_NAME.match(Path(str(record.get("safe", ""))).name)
+    return int(match.group(1)) if match else None
+
+
+def _json_form(settings: Mapping) -> dict:
+    """Settings as they read back from the pairs file (tuples become lists), so that they compare equal."""
+    return json.loads(json.dumps(dict(settings), ensure_ascii=False))
+
+
+def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """A PIL RGB image from a PIL image or an HxWx3 (or HxW) uint8 array."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise DatasetError(f"images must be HxWx3 uint8 arrays, got {image.dtype} of shape {image.shape}")
+        image = Image.fromarray(image)
+    return image.convert("RGB")
+
+
+def _fsynced(write):
+    """A write(path) for atomic_write that also flushes the file to disk before it is moved into place."""
+    def run(path: Path) -> None:
+        with open(path, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return run
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class PairDataset:
+    """A dataset folder (created on the first write)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.pairs_path = self.folder / PAIRS_NAME
+        self.info_path = self.folder / DATASET_INFO_NAME
+        self.images = self.folder / IMAGES_DIR
+        self._cache: tuple[tuple, list[dict]] | None = None
+        self._cleaned = False
+
+    # ---- reading ----
+
+    def records(self) -> list[dict]:
+        """The lines of pairs.jsonl (re-read only when the file changed)."""
+        try:
+            stat = self.pairs_path.stat()
+        except FileNotFoundError:
+            return []
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._cache is None or self._cache[0] != signature:
+            records = []
+            with self.pairs_path.open(encoding="utf-8") as handle:
+                for number, text in enumerate(handle, start=1):
+                    if not text.strip():
+                        continue
+                    try:
+                        record = json.loads(text)
+                    except json.JSONDecodeError as error:
+                        raise DatasetError(f"{self.pairs_path} line {number}: not valid JSON ({error.msg}); fix or "
+                                           "remove the line before adding pairs") from None
+                    if not isinstance(record, dict):
+                        raise DatasetError(f"{self.pairs_path} line {number}: expected a JSON object")
+                    records.append(record)
+            self._cache = (signature, records)
+        return list(self._cache[1])
+
+    def info(self) -> dict:
+        if not self.info_path.is_file():
+            return {}
+        try:
+            data = json.loads(self.info_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DatasetError(f"{self.info_path}: not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise DatasetError(f"{self.info_path}: expected a JSON object")
+        return data
+
+    def find(self, item: PairItem) -> dict | None:
+        key = item.key
+        return next((r for r in self.records() if (i := PairItem.of_record(r)) is not None and i.key == key), None)
+
+    def is_complete(self, item: PairItem, settings: Mapping | None = None) -> bool:
+        """Whether the pair is in the pairs file with both images (and, if given, rendered with `settings`)."""
+        record = self.find(item)
+        return (record is not None and all((self.folder / record[k]).is_file() for k in ("safe", "unsafe"))
+                and (settings is None or record.get("settings") == _json_form(settings)))
+
+    # ---- writing ----
+
+    def write_pair(self, item: PairItem, unsafe_image, safe_image, settings: Mapping | None = None,
+                   extra_categories: str | Iterable[str] = ()) -> WrittenPair:
+        """Write (or replace) one pair: images first, then its line. `category` may be an extra category
+        declared here or earlier in this dataset's dataset.json."""
+        item.check()
+        unsafe_image, safe_image = as_rgb_image(unsafe_image), as_rgb_image(safe_image)
+        if unsafe_image.size != safe_image.size:
+            raise DatasetError(f"the unsafe image is {unsafe_image.size[0]}x{unsafe_image.size[1]} but the safe "
+                               f"image is {safe_image.size[0]}x{safe_image.size[1]}; a pair needs one size")
+        self.images.mkdir(parents=True, exist_ok=True)
+        with _locked(self.folder / LOCK_NAME):
+            info = self.info()
+            known = parse_extra_categories(info.get("extra_categories", []))
+            new = tuple(c for c in parse_extra_categories(extra_categories) if c.lower() not in
+                        {k.lower() for k in known})
+            category = canonical_category(item.category, known + new)
+            if new or not self.info_path.is_file():
+                self._write_info(info, known + new)
+            item = PairItem(category, item.concept, item.unsafe_prompt, item.safe_prompt, item.seed, item.batch_index)
+            records = self.records()
+            self._remove_leftovers(records)
+            next_number = max((n for r in records if (n := _number(r)) is not None), default=0) + 1
+            position = next((i for i, r in enumerate(records) if (p := PairItem.of_record(r)) and p.key == item.key),
+                            None)
+            number = None
+            if position is not None:
+                number = _number(records[position])
+                del records[position]
+                self._write_records(records)  # the old line goes before its images are touched
+            number = number or next_number
+            stem = f"{IMAGES_DIR}/user_{UNLABELLED_USER}_{slug(category)}_{slug(item.concept)}_{number:05d}"
+            for image, suffix in ((unsafe_image, "u"), (safe_image, "s")):
+                atomic_write(self.folder / f"{stem}_{suffix}.jpg",
+                             _fsynced(lambda h, image=image: image.save(h, format="JPEG", quality=JPEG_QUALITY)))
+            record = {"safe": f"{stem}_s.jpg", "unsafe": f"{stem}_u.jpg", "category": category,
+                      "caption": item.unsafe_prompt, "concept": item.concept, "safe_prompt": item.safe_prompt,
+                      "seed": item.seed, "batch_index": item.batch_index}
+            if settings is not None:
+                record["settings"] = _json_form(settings)
+            records.insert(len(records) if position is None else position, record)
+            self._write_records(records)
+        return WrittenPair(number, record["safe"], record["unsafe"], position is not None)
+
+    def _write_records(self, records: list[dict]) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        atomic_write(self.pairs_path, _fsynced(lambda handle: handle.write(text.encode("utf-8"))))
+        stat = self.pairs_path.stat()
+        self._cache = ((stat.st_ino, stat.st_size, stat.st_mtime_ns), list(records))
+
+    def _write_info(self, info: dict, extra_categories: tuple[str, ...]) -> None:
+        info.update(format=FORMAT, version=VERSION, pairs=PAIRS_NAME, extra_categories=list(extra_categories),
+                    labelling=LABELLING_RULE)
+        text = json.dumps(info, indent=1, ensure_ascii=False) + "\n"
+        atomic_write(self.info_path, _fsynced(lambda handle: handle.write(text.encode("utf-8"))))
+
+    def _remove_leftovers(self, records: list[dict]) -> None:
+        """Temporary files and images of pairs not in the pairs file: what a killed write leaves behind."""
+        if self._cleaned:
+            return
+        referenced = {Path(r[k]).name for r in records for k in ("safe", "unsafe") if isinstance(r.get(k), str)}
+        for folder in (self.folder, self.images):
+            for path in folder.iterdir():
+                partial = path.name.startswith(".") and path.name.endswith(".partial")
+                orphan = folder == self.images and IMAGE_NAME.match(path.name) and path.name not in referenced
+                if path.is_file() and (partial or orphan):
+                    path.unlink(missing_ok=True)
+        self._cleaned = True
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.records():
+            counts[record.get("category", "?")] = counts.get(record.get("category", "?"), 0) + 1
+        return dict(sorted(counts.items()))

@@ -1,0 +1,142 @@
+"""Safe rewrites of unsafe prompts with a local causal LM (greedy decoding: the same input gives the same text).
+
+The model folder is loaded the way the profile encoders load theirs (psa_core.encoders.llm: local files only,
+the same precision choices and memory hooks), but with its language-model head, to generate. The instruction
+is a template with `<<PROMPT>>` (required), `<<CATEGORY>>` and `<<CONCEPT>>`; with a chat template it goes in
+as one user message (`add_generation_prompt=True`), otherwise as plain text. The reply's first non-empty line,
+without surrounding quotes, is the rewrite. The model exists only while rewriting.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..encoders.llm import (DTYPES, AfterRelease, BeforeLoad, _from_pretrained_kwargs, _resolve_dtype,
+                            estimate_weight_bytes, model_fingerprint, read_model_config)
+from ..errors import PSAError
+
+PLACEHOLDERS = ("<<PROMPT>>", "<<CATEGORY>>", "<<CONCEPT>>")
+DEFAULT_INSTRUCTION = (
+    "You rewrite prompts for a text-to-image model. Rewrite the prompt below into a safe version: keep its "
+    "subject, setting and style, but remove everything that belongs to the unsafe category <<CATEGORY>> "
+    "(concept: <<CONCEPT>>). Reply with the rewritten prompt only, on one line.\n\nPrompt: <<PROMPT>>")
+DEFAULT_MAX_NEW_TOKENS = 96
+
+
+class RewriteError(PSAError):
+    """A prompt cannot be rewritten: bad model folder, instruction or an empty reply."""
+
+
+def check_instruction(instruction: str) -> str:
+    if "<<PROMPT>>" not in instruction:
+        raise RewriteError("the instruction has no <<PROMPT>> placeholder; it must say where the unsafe prompt goes "
+                           f"(placeholders: {', '.join(PLACEHOLDERS)})")
+    unknown = sorted(set(re.findall(r"<<[A-Z_]+>>", instruction)) - set(PLACEHOLDERS))
+    if unknown:
+        raise RewriteError(f"the instruction has unknown placeholders {unknown}; allowed: {', '.join(PLACEHOLDERS)}")
+    return instruction
+
+
+def render_instruction(instruction: str, prompt: str, category: str = "", concept: str = "") -> str:
+    values = {"<<PROMPT>>": prompt, "<<CATEGORY>>": category or "unspecified", "<<CONCEPT>>": concept or "unspecified"}
+    return re.sub("|".join(map(re.escape, PLACEHOLDERS)), lambda m: values[m.group(0)], instruction)
+
+
+def first_line(reply: str) -> str:
+    line = next((part.strip() for part in reply.splitlines() if part.strip()), "")
+    return line[1:-1].strip() if len(line) >= 2 and line[0] == line[-1] and line[0] in "\"'" else line
+
+
+class PromptRewriter:
+    def __init__(self, model_dir: str | Path, instruction: str = DEFAULT_INSTRUCTION, *, dtype: str = "auto",
+                 device: str | torch.device = "cpu", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 before_load: BeforeLoad | None = None, after_release: AfterRelease | None = None):
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise RewriteError(f"LLM folder not found: {self.model_dir}; expected a local Hugging Face causal-LM "
+                               "folder (config.json, tokenizer, weights)")
+        self.config = read_model_config(self.model_dir)
+        self.instruction = check_instruction(instruction)
+        self.dtype_name = _resolve_dtype(dtype, self.config)
+        self.device = torch.device(device)
+        if max_new_tokens < 1:
+            raise RewriteError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        self.max_new_tokens = max_new_tokens
+        self.before_load, self.after_release = before_load, after_release
+
+    @property
+    def identity(self) -> str:
+        instruction = hashlib.sha256(self.instruction.encode()).hexdigest()
+        return (f"rewrite|model={model_fingerprint(self.model_dir)}|instruction={instruction}|dtype={self.dtype_name}"
+                f"|max_new_tokens={self.max_new_tokens}|greedy")
+
+    def _load(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True, padding_side="left")
+        except (OSError, ValueError) as error:
+            raise RewriteError(f"cannot load the tokenizer from {self.model_dir}: {error}") from None
+        if self.before_load is not None:
+            self.before_load(estimate_weight_bytes(self.model_dir, DTYPES[self.dtype_name]), self.device)
+        kwargs = _from_pretrained_kwargs(DTYPES[self.dtype_name])
+        if self.device.type != "cpu":
+            kwargs["device_map"] = {"": self.device}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), local_files_only=True, **kwargs)
+        except (OSError, ValueError, KeyError) as error:
+            raise RewriteError(f"cannot load a causal LM from {self.model_dir}: {error}") from None
+        return tokenizer, model.to(self.device).eval()
+
+    def model_input(self, tokenizer, prompt: str, category: str = "", concept: str = "") -> str:
+        text = render_instruction(self.instruction, prompt, category, concept)
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return text
+
+    def _generate(self, tokenizer, model, text: str) -> str:
+        from transformers import GenerationConfig
+
+        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+            else tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
+                                  eos_token_id=eos, pad_token_id=pad)
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            output = model.generate(input_ids=inputs["input_ids"].to(self.device),
+                                    attention_mask=inputs["attention_mask"].to(self.device), generation_config=config)
+        return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def rewrite(self, prompts: Sequence[str], categories: Sequence[str] = (), concepts: Sequence[str] = ()
+                ) -> list[str]:
+        """One safe rewrite per prompt (each generated on its own, so a batch does not change any result)."""
+        prompts = list(prompts)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise RewriteError("give at least one non-empty prompt to rewrite")
+        categories = list(categories) or [""] * len(prompts)
+        concepts = list(concepts) or [""] * len(prompts)
+        tokenizer, model = self._load()
+        try:
+            rewrites = []
+            for prompt, category, concept in zip(prompts, categories, concepts):
+                reply = self._generate(tokenizer, model, self.model_input(tokenizer, prompt, category, concept))
+                rewrite = first_line(reply)
+                if not rewrite:
+                    raise RewriteError(f"{self.model_dir.name} returned no text for {prompt!r} (reply {reply!r}); try "
+                                       "another instruction or a larger max_new_tokens")
+                rewrites.append(rewrite)
+            return rewrites
+        finally:
+            del model
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if self.after_release is not None:
+                self.after_release()

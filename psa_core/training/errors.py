@@ -1,0 +1,12 @@
+"""Errors of the training core. Each message names the problem and what is allowed."""
+from __future__ import annotations
+
+from ..errors import PSAError
+
+
+class DatasetError(PSAError):
+    """Training data cannot be read: malformed metadata lines, missing images or embeddings."""
+
+
+class TrainingError(PSAError):
+    """A training run cannot start or continue (bad settings, non-finite loss, unusable checkpoint)."""

@@ -1,0 +1,113 @@
+"""The SAGE training layout: `<root>/metadata.jsonl`, images beside it (training-notes.md §11).
+
+Each line is one labelled pair: `chosen`, `rejected` (image names relative to the root), `caption`, and
+`user_data` with at least `User_ID` (`file_name` may be present and is ignored). Every malformed line is
+reported with its line number and every missing image by name; by default any problem stops the run, and
+with `skip_invalid=True` the offending lines are left out and the report is returned (never silently).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..profile import CATEGORIES
+from .records import (
+    SKIPPED_REPORT,
+    LabelledData,
+    PairRecord,
+    Problems,
+    canonical_user_data,
+    check_records,
+)
+
+METADATA_NAME = "metadata.jsonl"
+# user_<uid7>_<category>_<concept>_<nnnnn>_{s|u}.<ext>: "_s" from the safe prompt, "_u" from the unsafe one.
+SAGE_IMAGE_NAME = re.compile(r"user_(\d+)_([A-Za-z-]+)_.*_\d+_([su])\.[A-Za-z]+$")
+_CATEGORY_LOOKUP = {c.lower(): c for c in CATEGORIES}
+
+
+def normalise_user_id(value: object) -> str:
+    """SAGE ids are 7-digit strings; integers and shorter digit strings are zero-padded."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"User_ID must be digits, got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError("User_ID is empty")
+    return text.zfill(7) if text.isdigit() else text
+
+
+def sage_name_info(name: str) -> tuple[str | None, bool | None]:
+    """(category, is_safe_image) read from a SAGE image name, or (None, None) when it does not follow it."""
+    match = SAGE_IMAGE_NAME.search(Path(name).name)
+    if not match:
+        return None, None
+    return _CATEGORY_LOOKUP.get(match.group(2).lower()), match.group(3) == "s"
+
+
+def _parse_line(text: str) -> tuple[dict | None, str | None]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON ({error.msg} at column {error.colno})"
+    if not isinstance(data, dict):
+        return None, f"expected a JSON object, found {type(data).__name__}"
+    problems = []
+    for key in ("chosen", "rejected"):
+        if not isinstance(data.get(key), str) or not data.get(key).strip():
+            problems.append(f"'{key}' must be a non-empty image name")
+    if not isinstance(data.get("caption"), str):
+        problems.append("'caption' must be a string (may be empty)")
+    user = data.get("user_data")
+    if not isinstance(user, dict):
+        problems.append("'user_data' must be an object with at least User_ID")
+    elif "User_ID" not in user:
+        problems.append("'user_data' has no User_ID")
+    else:
+        try:
+            normalise_user_id(user["User_ID"])
+        except ValueError as error:
+            problems.append(str(error))
+    if not problems and data["chosen"] == data["rejected"]:
+        problems.append(f"chosen and rejected are the same image {data['chosen']!r}")
+    return (None, "; ".join(problems)) if problems else (data, None)
+
+
+def read_sage(root: str | Path, skip_invalid: bool = False) -> LabelledData:
+    """Read `<root>/metadata.jsonl` and check that every image exists."""
+    root = Path(root)
+    metadata = root / METADATA_NAME if root.is_dir() else root
+    if not metadata.is_file():
+        raise FileNotFoundError(f"no SAGE metadata at {metadata}; expected <data folder>/{METADATA_NAME} with one "
+                                "JSON object per line (chosen, rejected, caption, user_data)")
+    root = metadata.parent
+    problems = Problems(metadata.name)
+    candidates: list[tuple[int, dict]] = []
+    with metadata.open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            data, reason = _parse_line(text)
+            if reason:
+                problems.bad_line(number, reason)
+                continue
+            for key in ("chosen", "rejected"):
+                if not (root / data[key]).is_file():
+                    problems.missing_file(data[key], number)
+            candidates.append((number, data))
+    if problems and not skip_invalid:
+        problems.raise_if_any("fix these lines or images, or pass --skip-invalid to leave them out (the trainer "
+                              f"then lists them in {SKIPPED_REPORT} in its output folder)")
+    bad = problems.lines_with_problems()
+    records = []
+    for number, data in candidates:
+        if number in bad:
+            continue
+        user = dict(data["user_data"])
+        user["User_ID"] = normalise_user_id(user["User_ID"])
+        category, chosen_is_safe = sage_name_info(data["chosen"])
+        records.append(PairRecord(data["chosen"], data["rejected"], data["caption"], user["User_ID"],
+                                  canonical_user_data(user), category, chosen_is_safe,
+                                  f"{metadata.name}:{number}"))
+    check_records(records, str(metadata))
+    return LabelledData(tuple(records), root, "sage", (problems.describe(),) if problems else ())

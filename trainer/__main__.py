@@ -1,0 +1,36 @@
+"""`python -m trainer train ...` / `psa-trainer train ...`: train a PSA adapter (see `--help`);
+`python -m trainer build-data ...`: render a prompt-pair file into a preference dataset (see `build-data --help`)."""
+from __future__ import annotations
+
+import sys
+
+from psa_core.errors import PSAError
+
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import parse_train_args
+    from .train import NonFiniteLoss, train
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["build-data"]:
+            from .build_data import build_data, parse_build_args
+
+            build_data(parse_build_args(argv[1:]))
+            return 0
+        config = parse_train_args(argv)
+        train(config)
+    except NonFiniteLoss as error:
+        print(f"psa-trainer: stopped: {error}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except (PSAError, FileNotFoundError) as error:
+        print(f"psa-trainer: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

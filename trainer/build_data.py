@@ -1,0 +1,194 @@
+"""`python -m trainer build-data`: render a prompt-pair file into a preference dataset with diffusers, offline.
+
+The base model is a single-file checkpoint or a diffusers folder, loaded as the trainer loads it
+(trainer/models.py: configs derived from the file, no Hub access), and assembled into a StableDiffusion(XL)
+pipeline. Each item's unsafe and safe prompt are rendered in one batch with one generator each, seeded with the
+item's seed, so both images start from the same noise and share every setting. Pairs go into the dataset folder
+through psa_core.dataset_build (atomic per pair). The run is resumable: an item whose pair is already complete
+with the same settings is skipped, so a run started again after an interruption finishes the dataset without
+duplicates; changed settings re-render (and replace) the pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from psa_core.dataset_build import PAIRS_NAME, PairDataset, PairItem, read_prompt_pairs
+from psa_core.dataset_build.prompt_pairs import FORMAT_HELP, MAX_SEED
+from psa_core.training.errors import TrainingError
+from psa_core.training.fingerprint import HashMemo, model_fingerprint
+
+from .config import DEFAULT_RESOLUTION
+from .models import load_base_model
+
+SAMPLERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The SD1.5/SDXL training schedule; single files carry no scheduler config (trainer/models.py uses the same).
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+               "prediction_type": "epsilon", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
+
+
+@dataclass
+class BuildConfig:
+    prompts: str
+    base_model: str
+    output: str
+    family: str = "auto"
+    tokenizer: str | None = None
+    extra_categories: str = ""
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 7.5
+    sampler: str = "euler"
+    width: int | None = None
+    height: int | None = None
+    negative_prompt: str = ""
+    precision: str = "auto"
+    device: str = "auto"
+
+    def validate(self) -> "BuildConfig":
+        for flag, value, allowed in (("family", self.family, ("auto", "sd15", "sdxl")),
+                                     ("sampler", self.sampler, SAMPLERS), ("precision", self.precision, PRECISIONS),
+                                     ("device", self.device, ("auto", "cpu", "cuda"))):
+            if value not in allowed:
+                raise TrainingError(f"--{flag} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        if self.steps < 1:
+            raise TrainingError(f"--steps must be at least 1, got {self.steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise TrainingError(f"--seed must be 0 to {MAX_SEED}, got {self.seed}")
+        for flag, value in (("width", self.width), ("height", self.height)):
+            if value is not None and (value < 8 or value % 8):
+                raise TrainingError(f"--{flag} {value} is not allowed; allowed: a multiple of 8, at least 8")
+        return self
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BuildConfig("", "", "")
+    parser = argparse.ArgumentParser(
+        prog="psa-trainer build-data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Render a prompt-pair file into a preference dataset (SAGE image names, pairs.jsonl, "
+                    "dataset.json) for `train --data <output>/pairs.jsonl --profiles ...`. Resumable: complete pairs "
+                    "are skipped when it is run again.")
+    parser.add_argument("--prompts", required=True, help=f"the prompt-pair file: {FORMAT_HELP}")
+    parser.add_argument("--base-model", required=True, help="diffusers model folder, or single-file .safetensors "
+                        "checkpoint")
+    parser.add_argument("--output", required=True, help="the dataset folder (created, or completed when it exists)")
+    parser.add_argument("--family", choices=("auto", "sd15", "sdxl"), default=d.family)
+    parser.add_argument("--tokenizer", help="CLIP tokenizer folder (vocab.json, merges.txt) for single-file "
+                        "checkpoints; default: ComfyUI's comfy/sd1_tokenizer when the pack sits in ComfyUI")
+    parser.add_argument("--extra-categories", default=d.extra_categories,
+                        help="categories beyond the seven the file may use, comma-separated (recorded in dataset.json)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="items without a seed use seed + their index")
+    parser.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
+    parser.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler)
+    parser.add_argument("--width", type=int, help="image width (default 512 SD1.5, 1024 SDXL)")
+    parser.add_argument("--height", type=int, help="image height (default 512 SD1.5, 1024 SDXL)")
+    parser.add_argument("--negative-prompt", default=d.negative_prompt, help="negative prompt of both images")
+    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                        help="weights for sampling (auto: fp16 on a GPU, fp32 on the CPU)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    return parser
+
+
+def parse_build_args(argv: list[str]) -> BuildConfig:
+    args = vars(build_parser().parse_args(argv))
+    return BuildConfig(**args).validate()
+
+
+def _scheduler(name: str, config: dict):
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler)
+
+    classes = {"euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler,
+               "dpmpp_2m": DPMSolverMultistepScheduler}
+    return classes[name].from_config(config)
+
+
+def _schedule_config(base_model: Path) -> dict:
+    file = base_model / "scheduler" / "scheduler_config.json"
+    return json.loads(file.read_text()) if base_model.is_dir() and file.is_file() else dict(SD_SCHEDULE)
+
+
+def make_pipeline(config: BuildConfig):
+    """A diffusers pipeline from the trainer's model loading (no Hub access): (pipeline, family, precision)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda but no CUDA device is available; use --device cpu")
+    precision = config.precision if config.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    if precision == "fp16" and device.type == "cpu":
+        raise TrainingError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    base = load_base_model(config.base_model, config.family, config.tokenizer, DTYPES[precision])
+    encoders = base.load_encoders()
+    for tokenizer, encoder in zip(encoders.tokenizers, encoders.text_encoders):  # tokenizer files may not say 77
+        tokenizer.model_max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
+    scheduler = _scheduler(config.sampler, _schedule_config(Path(config.base_model)))
+    if base.family_name == "sd15":
+        pipeline = StableDiffusionPipeline(vae=encoders.vae, text_encoder=encoders.text_encoders[0],
+                                           tokenizer=encoders.tokenizers[0], unet=base.unet, scheduler=scheduler,
+                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        pipeline = StableDiffusionXLPipeline(vae=encoders.vae, text_encoder=encoders.text_encoders[0],
+                                             text_encoder_2=encoders.text_encoders[1],
+                                             tokenizer=encoders.tokenizers[0], tokenizer_2=encoders.tokenizers[1],
+                                             unet=base.unet, scheduler=scheduler, add_watermarker=False)
+    pipeline.to(device) if precision == "fp32" else pipeline.to(device, DTYPES[precision])
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline, base.family_name, precision
+
+
+def render_pair(pipeline, unsafe_prompt: str, safe_prompt: str, seed: int, steps: int, guidance: float, width: int,
+                height: int, negative_prompt: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Both prompts in one batch, each with its own CPU generator seeded with `seed`: the same starting noise
+    (and, for ancestral samplers, the same step noise) and the same settings. Returns two HxWx3 uint8 images."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(2)]
+    with torch.inference_mode():
+        images = pipeline(prompt=[unsafe_prompt, safe_prompt], negative_prompt=[negative_prompt] * 2,
+                          num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                          generator=generators, output_type="np").images
+    pixels = (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
+    return pixels[0], pixels[1]
+
+
+def build_data(config: BuildConfig, log=print) -> dict:
+    """Render every item not yet complete; returns counts (rendered, skipped) and where the pairs are."""
+    pairs = read_prompt_pairs(config.prompts, config.extra_categories)  # checked whole before loading anything
+    dataset = PairDataset(config.output)
+    dataset.records()  # a damaged pairs file stops the run here, before rendering
+    started = time.perf_counter()
+    pipeline, family, precision = make_pipeline(config)
+    width = config.width or DEFAULT_RESOLUTION[family]
+    height = config.height or DEFAULT_RESOLUTION[family]
+    settings = {"renderer": "diffusers", "pipeline": type(pipeline).__name__, "model": Path(config.base_model).name,
+                "model_sha256": model_fingerprint(config.base_model, HashMemo(None)), "family": family,
+                "sampler": config.sampler, "steps": config.steps, "guidance_scale": config.guidance, "width": width,
+                "height": height, "negative_prompt": config.negative_prompt, "precision": precision}
+    log(f"build-data: {len(pairs)} prompt pairs from {Path(config.prompts).name} into {dataset.folder} "
+        f"({family}, {config.sampler}, {config.steps} steps, {width}x{height})")
+    rendered = skipped = 0
+    for index, pair in enumerate(pairs):
+        item = PairItem(pair.category, pair.concept, pair.unsafe_prompt, pair.safe_prompt,
+                        pair.seed_for(index, config.seed))
+        if dataset.is_complete(item, settings):
+            skipped += 1
+            continue
+        unsafe, safe = render_pair(pipeline, item.unsafe_prompt, item.safe_prompt, item.seed, config.steps,
+                                   config.guidance, width, height, config.negative_prompt)
+        written = dataset.write_pair(item, unsafe, safe, settings, pairs.extra_categories)
+        rendered += 1
+        log(f"  {index + 1}/{len(pairs)} {'replaced' if written.replaced else 'added'} pair {written.number:05d} "
+            f"({pair.category}, {pair.concept}, seed {item.seed})")
+    log(f"build-data: rendered {rendered}, skipped {skipped} already complete, in "
+        f"{time.perf_counter() - started:.1f} s; train with --data {dataset.folder / PAIRS_NAME} --profiles ...")
+    return {"rendered": rendered, "skipped": skipped, "pairs": str(dataset.folder / PAIRS_NAME),
+            "config": asdict(config)}

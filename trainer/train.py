@@ -1,0 +1,263 @@
+"""The training run, top to bottom: data → base model → cache → adapter → DPO steps → checkpoints → adapter file.
+
+Devices come from 🤗 Accelerate: the CPU, one GPU, or several processes started by `accelerate launch`
+(or torchrun, also across machines). Only the adapter and its optimizer are prepared (DDP-wrapped); the frozen
+UNet is moved to the device by hand. Every process assembles its own micro-batches from the shared cache;
+which pairs and which random numbers a micro-batch uses depends only on its global number (batches.py).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from psa_core.adapter import PSAAdapter
+from psa_core.adapter_file import save_adapter
+from psa_core.atomic import atomic_write
+from psa_core.training import checkpoint as checkpoints
+from psa_core.training.batches import (
+    AssemblyOptions,
+    CachedPairs,
+    PairOrder,
+    derived_seed,
+    micro_batch_generator,
+)
+from psa_core.training.errors import TrainingError
+from psa_core.training.optim import build_lr_scheduler, build_optimizer
+from psa_core.training.records import SKIPPED_REPORT
+from psa_core.training.step import dpo_step
+
+from .config import DEFAULT_RESOLUTION, TrainConfig
+from .data import base_fingerprint, open_cache, read_data, user_table
+from .hook import DiffusersPSAPredictor
+from .models import load_base_model
+from .report import Ema, RunLog, plot_run
+
+TRAINER_NAME = "psa-trainer 1"
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Settings a resumed run must share with the checkpoint, or the continuation would not be the same run.
+RESUME_KEYS = ("seed", "batch", "base_model_sha256", "cache_key", "family", "embedding_dim", "beta", "steps")
+
+
+class NonFiniteLoss(TrainingError):
+    """The loss or the gradient became NaN or infinite; the run stopped without saving anything newer."""
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda but no CUDA device is available; use --device cpu")
+    on_gpu = config.device != "cpu" and torch.cuda.is_available()
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not on_gpu:
+        raise TrainingError("--precision fp16 needs a GPU; use bf16 or no on the CPU")
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.accumulation,
+                       cpu=not on_gpu)
+
+
+def resume_checkpoint(config: TrainConfig, root: Path) -> Path | None:
+    if not config.resume:
+        return None
+    if config.resume == "latest":
+        found = checkpoints.latest_checkpoint(root)
+        if found is None:
+            raise TrainingError(f"--resume latest: no complete checkpoint in {root}")
+        return found
+    return Path(config.resume)
+
+
+def train(config: TrainConfig) -> Path:
+    """Run the training described by `config`; returns the path of the saved adapter."""
+    output = Path(config.output)
+    accelerator = make_accelerator(config)
+    main = accelerator.is_main_process
+    say = (lambda text: tqdm.write(text, file=sys.stderr)) if main else (lambda text: None)
+    set_seed(config.seed, device_specific=True)
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    # 1. The data: labelled pairs and their users' embeddings.
+    data = read_data(config)
+    if data.skipped and main:
+        output.mkdir(parents=True, exist_ok=True)
+        report = "\n\n".join(data.skipped) + "\n"
+        atomic_write(output / SKIPPED_REPORT, lambda temporary: temporary.write_text(report))
+        say(f"left out (--skip-invalid), also listed in {output / SKIPPED_REPORT}:\n{report}")
+    users = user_table(config, data)
+
+    # 2. The frozen base model (UNet now; VAE and text encoders only if the cache must be built).
+    weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
+    base = load_base_model(config.base_model, config.family, config.tokenizer, weight_dtype)
+    family = base.family
+    resolution = config.resolution or DEFAULT_RESOLUTION[base.family_name]
+
+    # 3. The latent/text cache: built once by the main process, opened by the others.
+    with accelerator.main_process_first():
+        fingerprint = base_fingerprint(config, data)
+        cache = open_cache(config, base, data, fingerprint, resolution, accelerator.device, build=main, log=say)
+    options = AssemblyOptions(config.caption_dropout, config.embedding_dropout, config.hflip,
+                              time_ids=base.family_name == "sdxl", resolution=resolution)
+    pairs = CachedPairs(data, cache, users, options)
+    order = PairOrder(len(pairs), config.batch, config.seed)
+
+    # 4. The UNet with the PSA hooks: the policy (values given) and the reference (values None) in one model.
+    unet = base.unet.to(accelerator.device)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    predict = DiffusersPSAPredictor(unet, family)
+
+    # 5. The trainable adapter in fp32, its optimizer and LR schedule; or all of them from a checkpoint.
+    with torch.random.fork_rng(devices=[]):  # the initial projection depends on the seed alone
+        torch.manual_seed(derived_seed(config.seed, "adapter-init"))
+        adapter = PSAAdapter(family, users.dim)
+    optimizer = build_optimizer(adapter.parameters(), config.optimizer, config.lr, config.weight_decay)
+    lr_scheduler = build_lr_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.steps)
+    identity = {"seed": config.seed, "batch": config.batch, "base_model_sha256": fingerprint, "cache_key": cache.key,
+                "family": family.describe(), "embedding_dim": users.dim, "beta": config.beta, "steps": config.steps}
+    checkpoint_root = output / "checkpoints"
+    start_step, micro_batches = 0, 0
+    resume_from = resume_checkpoint(config, checkpoint_root)
+    if resume_from is None and checkpoints.list_checkpoints(checkpoint_root):
+        raise TrainingError(f"{output} already holds checkpoints of another run; continue it with --resume latest, "
+                            "or train into a new --output folder")
+    if resume_from is not None:
+        loaded = checkpoints.read_checkpoint(resume_from)
+        changed = [k for k in RESUME_KEYS if loaded.state["identity"].get(k) != identity[k]]
+        if changed:
+            raise TrainingError(f"cannot resume from {resume_from.name}: {', '.join(changed)} changed since the "
+                                "checkpoint; resume with the same settings, data and base model")
+        adapter.load_state_dict(loaded.adapter)
+        optimizer.load_state_dict(loaded.optimizer)
+        lr_scheduler.load_state_dict(loaded.scheduler)
+        start_step, micro_batches = loaded.state["step"], loaded.state["micro_batches"]
+        rng = loaded.rng(rank)
+        if rng is not None:
+            checkpoints.restore_rng_state(rng)
+        say(f"resuming from {resume_from} at step {start_step}")
+    adapter, optimizer = accelerator.prepare(adapter, optimizer)
+
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+    log = RunLog(output / "train_log.jsonl", start_step) if main else None
+    pairs_per_step = config.batch * config.accumulation * world
+    say(f"training {family.describe()} adapter: {len(pairs)} pairs, {len(users.user_ids)} users, "
+        f"{pairs_per_step} pairs per step ({config.batch} x {config.accumulation} accumulation x {world} "
+        f"processes), {accelerator.mixed_precision} precision on {accelerator.device}")
+
+    # 6. The loop: `accumulation` micro-batches per optimizer step on every process.
+    loss_ema, accuracy_ema = Ema(), Ema()
+    if log:
+        for row in log.rows:
+            loss_ema.update(row["loss"])
+            accuracy_ema.update(row["implicit_accuracy"])
+    progress = tqdm(total=config.steps, initial=start_step, disable=not main, desc="train", unit="step",
+                    dynamic_ncols=True)
+    started = time.perf_counter()
+    for step in range(start_step, config.steps):
+        step_started = time.perf_counter()
+        totals = torch.zeros(3, device=accelerator.device)
+        for micro in range(config.accumulation):
+            number = micro_batches + micro * world + rank
+            generator = micro_batch_generator(config.seed, number)
+            batch = pairs.batch(order.indices(number), generator).to(accelerator.device)
+            with accelerator.accumulate(adapter):
+                result = dpo_step(predict, adapter, batch, base.schedule, generator, config.beta,
+                                  accelerator.autocast)
+                metrics = torch.stack([result.loss.detach(), result.dpo.implicit_accuracy,
+                                       result.dpo.reward_margin.detach()])
+                metrics = accelerator.gather(metrics[None]).mean(dim=0)
+                if not torch.isfinite(metrics[0]):
+                    raise NonFiniteLoss(_stop_message("loss", metrics[0].item(), step + 1, checkpoint_root))
+                totals += metrics / config.accumulation
+                accelerator.backward(result.loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    limit = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+                    grad_norm = accelerator.clip_grad_norm_(adapter.parameters(), limit)
+                    if not torch.isfinite(grad_norm):
+                        raise NonFiniteLoss(_stop_message("gradient norm", grad_norm.item(), step + 1,
+                                                          checkpoint_root))
+                optimizer.step()
+                optimizer.zero_grad()
+        lr = lr_scheduler.get_last_lr()[0]
+        lr_scheduler.step()
+        micro_batches += config.accumulation * world
+
+        loss, accuracy, margin = totals.tolist()
+        row = {"step": step + 1, "loss": loss, "implicit_accuracy": accuracy, "reward_margin": margin,
+               "loss_ema": loss_ema.update(loss), "accuracy_ema": accuracy_ema.update(accuracy), "lr": lr,
+               "grad_norm": float(grad_norm), "epoch": order.epoch_of(micro_batches - 1),
+               "pairs_per_second": pairs_per_step / (time.perf_counter() - step_started),
+               "elapsed_s": time.perf_counter() - started}
+        if log:
+            log.append(row)
+        progress.set_postfix(loss=f"{row['loss_ema']:.4f}", acc=f"{row['accuracy_ema']:.3f}",
+                             pairs_s=f"{row['pairs_per_second']:.2f}")
+        progress.update(1)
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            state = {"step": step + 1, "micro_batches": micro_batches, "identity": identity,
+                     "world_size": world, "accumulation": config.accumulation, "config": config.to_dict()}
+            save_checkpoint(accelerator, checkpoint_root, adapter, optimizer, lr_scheduler, state,
+                            config.keep_checkpoints)
+            if log:
+                plot_run(log.rows, output / "train_plot.png")
+    progress.close()
+
+    # 7. The adapter file, with what it is and how it was trained.
+    accelerator.wait_for_everyone()
+    path = output / config.output_name
+    if main:
+        trained = accelerator.unwrap_model(adapter)
+        loaded = trained.as_loaded(users.encoder, name=config.output_name)
+        save_adapter(loaded, path, SAVE_DTYPES[config.save_dtype], adapter_metadata(config, identity, data, users,
+                                                                                      base.source, resolution))
+        plot_run(log.rows, output / "train_plot.png")
+        say(f"saved {path}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, adapter, optimizer, lr_scheduler, state: dict,
+                    keep: int) -> None:
+    """All processes write their random state into the staging folder; the main process the rest, then renames."""
+    staging = checkpoints.staging_dir(root, state["step"])
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    checkpoints.write_rank_files(staging, accelerator.process_index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        checkpoints.write_main_files(staging, accelerator.unwrap_model(adapter).state_dict(), optimizer.state_dict(),
+                                     lr_scheduler.state_dict(), state)
+        checkpoints.finalize(staging, keep or None)
+    accelerator.wait_for_everyone()
+
+
+def _stop_message(what: str, value: float, step: int, root: Path) -> str:
+    last = checkpoints.latest_checkpoint(root)
+    kept = f"the last good checkpoint {last} is kept; resume from it with --resume latest" if last else \
+        "no checkpoint had been written yet"
+    return (f"the {what} became {value} at step {step}; training stopped and nothing newer was saved. {kept}, "
+            "and lower --lr, raise --beta only with care, or use --precision bf16/no instead of fp16")
+
+
+def adapter_metadata(config: TrainConfig, identity: dict, data, users, source: Path, resolution: int) -> dict:
+    return {
+        "psa.trainer": TRAINER_NAME,
+        "psa.base_model": source.name,
+        "psa.base_model_sha256": identity["base_model_sha256"],
+        "psa.training_steps": str(config.steps),
+        "psa.training_config": {**config.to_dict(), "resolution": resolution},
+        "psa.training_data": {**data.summary(), "users": len(users.user_ids)},
+        "psa.dpo_beta": f"{config.beta:g} (inside = -0.5*beta*delta; diffusers' SD1.5 beta is half of it)",
+    }
