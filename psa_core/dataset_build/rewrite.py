@@ -8,7 +8,6 @@ without surrounding quotes, is the rewrite. The model exists only while rewritin
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import re
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..encoders.llm import (DTYPES, AfterRelease, BeforeLoad, _from_pretrained_kwargs, _resolve_dtype,
-                            estimate_weight_bytes, model_fingerprint, read_model_config)
+                            estimate_weight_bytes, model_fingerprint, read_model_config, release_model_memory)
 from ..errors import PSAError
 
 PLACEHOLDERS = ("<<PROMPT>>", "<<CATEGORY>>", "<<CONCEPT>>")
@@ -135,8 +134,4 @@ class PromptRewriter:
             return rewrites
         finally:
             del model
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if self.after_release is not None:
-                self.after_release()
+            release_model_memory(self.device, self.after_release)

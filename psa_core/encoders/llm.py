@@ -131,6 +131,15 @@ def _from_pretrained_kwargs(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def release_model_memory(device: torch.device, after_release: AfterRelease | None) -> None:
+    """After the caller dropped its model: collect it, empty the CUDA cache, and tell the host (ComfyUI)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if after_release is not None:
+        after_release()
+
+
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The reference pooling, in the hidden states' dtype: `(h * m).sum(1) / m.sum(1)`, then fp32."""
     mask = attention_mask.unsqueeze(-1)
@@ -228,8 +237,4 @@ class LLMEncoder(ProfileEncoder):
             return self._forward(model, tokenizer, texts)
         finally:
             del model
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if self.after_release is not None:
-                self.after_release()
+            release_model_memory(self.device, self.after_release)
