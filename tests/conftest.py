@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_env import REPO, import_comfy_in_process, import_pack, put_comfyui_first_on_path  # noqa: E402
@@ -63,3 +64,13 @@ def comfy_server(tmp_path_factory):
     server = ComfyServer(tmp_path_factory.mktemp("comfy_base")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread: tiny models gain nothing from more, and on a shared 2-core machine the
+    OpenMP threads spin against each other (10-100x slower). Subprocesses get OMP_NUM_THREADS=1 likewise."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

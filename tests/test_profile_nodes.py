@@ -205,14 +205,6 @@ def test_embedding_batch_order_gaps_and_mixed_encoders(pack, tmp_path, monkeypat
 
 # ---- per-image profiles in one sampling run ----
 
-@pytest.fixture
-def one_thread():
-    """Tiny models gain nothing from threads, and with the CPU shared (2 cores) two OpenMP threads made these
-    runs 20-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 12, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as OMP_NUM_THREADS=1 gives the subprocesses: the same arithmetic everywhere."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trainer_command(base, tokenizer, pairs, profiles, output, cache, *extra):

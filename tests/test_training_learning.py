@@ -45,14 +45,7 @@ TRAIN_PAIRS, HELD_OUT_PAIRS, PRETRAIN_PAIRS = 48, 16, 48
 DPO_STEPS, DPO_BATCH, DPO_LR = 200, 16, 2e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they spin: 1 thread is
-    ~10x faster there."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pretrained_base(folder):
