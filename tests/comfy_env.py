@@ -6,6 +6,7 @@ imported as the package `comfyui_psa` (the name is ours; ComfyUI uses the folder
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import sys
@@ -55,3 +56,9 @@ def import_pack():
     sys.modules[PACK_PACKAGE] = module
     spec.loader.exec_module(module)
     return module
+
+
+def registered_nodes(pack) -> dict[str, type]:
+    """Node id -> class for every node the pack's extension registers with ComfyUI."""
+    extension = asyncio.run(pack.comfy_entrypoint())
+    return {node.define_schema().node_id: node for node in asyncio.run(extension.get_node_list())}

@@ -3,7 +3,6 @@ seed and settings, the rewrite node, and the shipped workflow rendering a 4-line
 that the trainer loads and labels per profile."""
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import re
@@ -13,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from comfy_env import REPO
+from comfy_env import REPO, registered_nodes
 from PIL import Image
 from tiny_llm import build_tiny_llm
 
@@ -52,8 +51,7 @@ def comfy_folders(comfy, tmp_path, monkeypatch):
 
 
 def test_nodes_are_registered_with_stable_ids_and_tooltips(pack):
-    listed = {node.define_schema().node_id: node for node in
-              asyncio.run(asyncio.run(pack.nodes.comfy_entrypoint()).get_node_list())}
+    listed = registered_nodes(pack)
     assert set(NODE_IDS) <= set(listed)
     for node_id in NODE_IDS:
         schema = listed[node_id].define_schema()

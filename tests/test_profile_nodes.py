@@ -2,7 +2,6 @@
 ComfyUI's memory management, saving, per-image batches through PSAApply, and the comparison workflow."""
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import weakref
@@ -10,7 +9,7 @@ import weakref
 import pytest
 import tiny_models as tm
 import torch
-from comfy_env import REPO
+from comfy_env import REPO, registered_nodes
 from safetensors.torch import save_file
 from tiny_llm import build_tiny_llm
 from transformers.models.qwen2 import modeling_qwen2
@@ -39,8 +38,7 @@ def profile_widgets(preset="custom", age=35, age_group="auto", gender="male", re
 
 
 def test_nodes_are_registered_with_stable_ids_and_tooltips(pack):
-    listed = {node.define_schema().node_id: node for node in
-              asyncio.run(asyncio.run(pack.nodes.comfy_entrypoint()).get_node_list())}
+    listed = registered_nodes(pack)
     assert set(NODE_IDS) <= set(listed)
     for node_id in NODE_IDS:
         schema = listed[node_id].define_schema()

@@ -10,7 +10,6 @@ there. In a fresh clone (CI) that is exactly the committed tree.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
@@ -22,7 +21,7 @@ from types import ModuleType
 
 import pytest
 
-from comfy_env import REPO
+from comfy_env import REPO, registered_nodes
 from http_server import PACK_FOLDER, ComfyServer
 
 COMFY_CLI = Path(sys.executable).with_name("comfy")
@@ -95,8 +94,7 @@ def reference_hashes(root: Path) -> dict[str, str]:
 
 def expected_node_ids(pack: ModuleType) -> set[str]:
     """Every node id the pack registers, asked from the pack itself (so new nodes are covered as they come)."""
-    extension = asyncio.run(pack.comfy_entrypoint())
-    return {node.define_schema().node_id for node in asyncio.run(extension.get_node_list())}
+    return set(registered_nodes(pack))
 
 
 def unpack(path: Path, destination: Path) -> None:
