@@ -10,8 +10,9 @@ register_model_folders()
 from . import nodes_inference  # noqa: E402  (the folders must exist before schemas list their files)
 from . import nodes_dataset  # noqa: E402
 from . import nodes_profile  # noqa: E402
+from . import nodes_training  # noqa: E402
 
-FEATURE_MODULES = [nodes_inference, nodes_profile, nodes_dataset]
+FEATURE_MODULES = [nodes_inference, nodes_profile, nodes_dataset, nodes_training]
 
 
 class PSAExtension(ComfyExtension):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..psa_core import CompatibilityError, LoadedAdapter, UserEmbedding, get_family
-from ..psa_core.families import ComfyKey
+from ..psa_core.families import ComfyKey, Family
 
 # Weight paths: input_blocks.<id>.<slot>..., output_blocks.<id>.<slot>..., but middle_block.<slot>... whose
 # block key is ("middle", 0) — the slot number is not the block id (IPAdapter_plus's never-firing middle patch).
@@ -164,28 +164,34 @@ class PSAAttentionPatch:
         return out + per_sample
 
 
+def check_model_family(model, family: Family, what: str = "the adapter") -> dict[ComfyKey, nn.Module]:
+    """The `to_out[0]` of each of the family's layers in `model` (a ModelPatcher); a clear error if the model
+    is not of that family."""
+    outputs = find_cross_attention_outputs(model.get_model_object("diffusion_model"))
+    context_dim = model.model.model_config.unet_config.get("context_dim")
+    mismatch = context_dim != family.context_dim or any(
+        layer.comfy_key not in outputs or outputs[layer.comfy_key].in_features != layer.hidden
+        for layer in family.layers)
+    if mismatch:
+        raise CompatibilityError(
+            f"{what} is for {family.describe()} but the model is {describe_model(outputs, context_dim)}; "
+            "use a PSA adapter made for this model's family")
+    return {layer.comfy_key: outputs[layer.comfy_key] for layer in family.layers}
+
+
 def apply_psa(model, adapter: LoadedAdapter, embedding: UserEmbedding, strength: float,
               start_percent: float = 0.0, end_percent: float = 1.0):
     """A clone of `model` (a ModelPatcher) with the PSA patch attached. The input model is not changed."""
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise CompatibilityError(f"start_percent {start_percent} and end_percent {end_percent} must satisfy "
                                  "0 ≤ start_percent ≤ end_percent ≤ 1")
-    diffusion_model = model.get_model_object("diffusion_model")
-    outputs = find_cross_attention_outputs(diffusion_model)
-    context_dim = model.model.model_config.unet_config.get("context_dim")
     family = adapter.family
-    mismatch = context_dim != family.context_dim or any(
-        layer.comfy_key not in outputs or outputs[layer.comfy_key].in_features != layer.hidden
-        for layer in family.layers)
-    if mismatch:
-        raise CompatibilityError(
-            f"adapter '{adapter.name}' is for {family.describe()} but the model is "
-            f"{describe_model(outputs, context_dim)}; load a PSA adapter made for this model's family")
+    outputs = check_model_family(model, family, f"adapter '{adapter.name}'")
     user_values = adapter.user_values(embedding.vectors)
     values = {layer.comfy_key: v for layer, v in zip(family.layers, user_values.per_layer)}
     sampling = model.get_model_object("model_sampling")
     patch = PSAAttentionPatch(
-        outputs={key: outputs[key] for key in values}, values=values, num_users=user_values.num_users,
+        outputs=outputs, values=values, num_users=user_values.num_users,
         strength=float(strength), sigma_start=float(sampling.percent_to_sigma(start_percent)),
         sigma_end=float(sampling.percent_to_sigma(end_percent)),
         window_is_full=start_percent <= 0.0 and end_percent >= 1.0)

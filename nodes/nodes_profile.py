@@ -90,12 +90,18 @@ class PSAUserProfile(io.ComfyNode):
                              tooltip=f"Age in years, {MIN_AGE}-{MAX_AGE}."),
                 io.Combo.Input("age_group", options=[AUTO, *AGE_GROUPS], default=AUTO,
                                tooltip="'auto' derives it from age; an explicit group must contain the age."),
-                io.Combo.Input("gender", options=list(GENDERS), default="male", tooltip="Gender."),
-                io.Combo.Input("religion", options=list(RELIGIONS), default="None", tooltip="Religion."),
+                io.Combo.Input("gender", options=list(GENDERS), default="male",
+                               tooltip="The user's gender, as the reference profiles record it."),
+                io.Combo.Input("religion", options=list(RELIGIONS), default="None",
+                               tooltip="The user's religion ('None' for none). With banned_from "
+                                       f"'{BAN_RULES}', a religion bans Hate and Propaganda."),
                 io.Combo.Input("physical_condition", options=list(PHYSICAL_CONDITIONS), default="healthy",
-                               tooltip="Physical condition."),
+                               tooltip="The user's physical condition. With banned_from "
+                                       f"'{BAN_RULES}', anything but 'healthy' bans Shocking and Harassment."),
                 io.Combo.Input("mental_condition", options=list(MENTAL_CONDITIONS), default="healthy",
-                               tooltip="Mental condition."),
+                               tooltip="The user's mental condition or the trauma they lived through. With "
+                                       f"banned_from '{BAN_RULES}', anything but 'healthy' (or an age under 18) "
+                                       "bans Sexuality, Self-Harm and Violence."),
                 io.Combo.Input("banned_from", options=[BAN_TOGGLES, BAN_RULES], default=BAN_TOGGLES,
                                tooltip="Where the banned categories come from: the toggles below, or the rules of "
                                        "the reference get_banned.txt (minor or unstable mental condition: "

@@ -5,3 +5,5 @@ from comfy_api.latest import io
 PSAAdapterType = io.Custom("PSA_ADAPTER")
 # A psa_core.UserEmbedding: [N, E] vectors; N > 1 gives item i of the sampler batch profile i.
 PSAEmbeddingType = io.Custom("PSA_EMBEDDING")
+# A nodes.training_run.PSADataset: labelled preference pairs, their profiles file and the training resolution.
+PSADatasetType = io.Custom("PSA_DATASET")

@@ -28,6 +28,7 @@ FORMAT_VERSION = "1"
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 ACCEPTED_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by name
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _LAYER_KEY = re.compile(r"psa_adapter\.(\d+)\.to_([kv])_user\.0\.weight")
 # The published adapters were trained on Qwen2.5-7B-Instruct embeddings (psa-reference.md §5.4).
@@ -212,7 +213,7 @@ def load_adapter(path: str | Path) -> LoadedAdapter:
 
 def adapter_metadata(adapter: LoadedAdapter, extra: Mapping[str, object] | None = None) -> dict[str, str]:
     """The `__metadata__` we write: what the file is, for people and for our loader."""
-    metadata = {k: v for k, v in adapter.metadata.items() if not k.startswith("psa.")}
+    metadata = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in adapter.metadata.items()}
     metadata.update({
         "psa.format_version": FORMAT_VERSION,
         "psa.family": adapter.family.name,

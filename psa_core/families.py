@@ -104,6 +104,9 @@ def get_family(name: str, model_channels: int | None = None, context_dim: int | 
     layout = _LAYOUTS[name]
     channels = model_channels or layout.model_channels
     mult = channel_mult or layout.channel_mult
+    if len(mult) != len(layout.channel_mult):
+        raise AdapterFileError(f"{layout.display_name} has {len(layout.channel_mult)} resolution levels, not "
+                               f"{len(mult)} (channel_mult {tuple(mult)})")
     return _build(layout, {level: channels * m for level, m in enumerate(mult)}, context_dim or layout.context_dim)
 
 

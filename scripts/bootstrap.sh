@@ -17,8 +17,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "$wanted" > "$stamp"
 fi
 
-# Debian's Chromium and chromedriver, for the real-browser test of the web UI.
-bash "$ROOT/scripts/install_browser.sh"
+# Debian's Chromium and chromedriver, for the real-browser test of the web UI (the demo needs no browser).
+if [ -z "${PSA_WITHOUT_BROWSER:-}" ]; then
+    bash "$ROOT/scripts/install_browser.sh"
+fi
 
 if [ -z "${COMFYUI_PATH:-}" ]; then
     "$VENV/bin/python" "$ROOT/scripts/fetch_comfyui.py" --cache "$ROOT/.cache"

@@ -66,6 +66,33 @@ def comfy_server(tmp_path_factory):
     server.stop()
 
 
+DEMO_CHECKPOINT = "psa_demo_sd15.safetensors"
+
+
+def demo_assets():
+    """scripts/demo_assets.py, loaded by path (scripts/ is not a package)."""
+    from script_modules import load_script
+
+    return load_script("demo_assets")
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """A headless ComfyUI with the demo SD1.5 checkpoint (scripts/demo_assets.py: the real single-file layout,
+    UNet + CLIP-L + VAE, random weights) as DEMO_CHECKPOINT, started with one OpenMP thread: on the small shared
+    CPUs the tests run on, two OpenMP threads spin-wait on each other and make every prompt 10-20x slower."""
+    from http_server import ComfyServer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # read by the server process at its start only
+        server = ComfyServer(tmp_path_factory.mktemp("demo_base")).start()
+    try:
+        demo_assets().write_demo_checkpoint(server.models / "checkpoints" / DEMO_CHECKPOINT, seed=0)
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread: tiny models gain nothing from more, and on a shared 2-core machine the

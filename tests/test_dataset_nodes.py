@@ -3,10 +3,8 @@ seed and settings, the rewrite node, and the shipped workflow rendering a 4-line
 that the trainer loads and labels per profile."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 
 import numpy as np
@@ -18,7 +16,7 @@ from tiny_llm import build_tiny_llm
 
 NODE_IDS = ("PSALoadPromptPairs", "PSASavePreferencePair", "PSARewritePrompt")
 WORKFLOW = REPO / "workflows" / "psa_build_dataset.json"
-CHECKPOINT = "psa_dataset_demo_sd15.safetensors"
+from conftest import DEMO_CHECKPOINT as CHECKPOINT  # noqa: E402
 SIZE = 64
 PROMPTS_CSV = ("category,concept,unsafe_prompt,safe_prompt,seed\n"
                "Violence,knife fight,\"a bloody knife fight, night\",two chefs cutting vegetables,11\n"
@@ -221,29 +219,9 @@ def test_rewrite_node_uses_the_llm_folder_and_is_deterministic(pack, comfy, tiny
 
 # ---- over HTTP, with the shipped workflow ----
 
-def _demo_assets():
-    spec = importlib.util.spec_from_file_location("psa_demo_assets", REPO / "scripts" / "demo_assets.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def dataset_server(tmp_path_factory):
-    """A headless ComfyUI of this module's own with the demo SD1.5 checkpoint (scripts/demo_assets.py: the real
-    single-file layout, UNet + CLIP-L + VAE, random weights), started with one OpenMP thread: on the small shared
-    CPUs the tests run on, two OpenMP threads spin-wait on each other and make every prompt 10-20x slower."""
-    from http_server import ComfyServer
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")  # read by the server process at its start only
-        server = ComfyServer(tmp_path_factory.mktemp("dataset_base")).start()
-    try:
-        _demo_assets().write_demo_checkpoint(server.models / "checkpoints" / CHECKPOINT, seed=0)
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def dataset_server(demo_server):
+    return demo_server
 
 
 def write_input(server, name: str, text: str) -> None:

@@ -1,63 +1,12 @@
-"""Check an API-format prompt against a server's /object_info, as ComfyUI's validation would."""
+"""Check an API-format prompt against a server's /object_info, as ComfyUI's validation would.
+
+The check lives in scripts/workflow_api.py (shared with scripts/demo.py), loaded by path.
+"""
 from __future__ import annotations
 
+from script_modules import load_script
 
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
-def _combo_options(spec) -> list | None:
-    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
-    if isinstance(kind, list):
-        return kind
-    if kind == "COMBO":
-        return options.get("options", [])
-    return None
-
-
-def check_api_prompt(prompt: dict, object_info: dict) -> list[str]:
-    problems = []
-    for node_id, node in prompt.items():
-        class_type = node.get("class_type")
-        info = object_info.get(class_type)
-        if info is None:
-            problems.append(f"node {node_id}: missing node type {class_type!r}")
-            continue
-        required = info["input"].get("required", {})
-        specs = {**required, **info["input"].get("optional", {})}
-        for name in required:
-            if name not in node["inputs"]:
-                problems.append(f"node {node_id} ({class_type}): required input {name!r} has no value")
-        for name, value in node["inputs"].items():
-            spec = specs.get(name)
-            if spec is None:
-                problems.append(f"node {node_id} ({class_type}): unknown input {name!r}")
-                continue
-            options = spec[1] if len(spec) > 1 else {}
-            if _is_link(value):
-                source = prompt.get(value[0])
-                if source is None:
-                    problems.append(f"node {node_id} ({class_type}): input {name!r} links to missing node {value[0]}")
-                    continue
-                produced = object_info.get(source["class_type"], {}).get("output", [])
-                produced_type = produced[value[1]] if value[1] < len(produced) else None
-                wanted = "COMBO" if _combo_options(spec) is not None else spec[0]
-                if produced_type not in (wanted, "*") and wanted != "*":
-                    problems.append(f"node {node_id} ({class_type}): input {name!r} wants {wanted}, "
-                                    f"gets {produced_type} from node {value[0]}")
-                continue
-            combo = _combo_options(spec)
-            if combo is not None:
-                if value not in combo:
-                    problems.append(f"node {node_id} ({class_type}): {name}={value!r} is not one of {combo[:10]}")
-            elif spec[0] in ("INT", "FLOAT"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    problems.append(f"node {node_id} ({class_type}): {name}={value!r} is not a number")
-                elif ("min" in options and value < options["min"]) or ("max" in options and value > options["max"]):
-                    problems.append(f"node {node_id} ({class_type}): {name}={value} outside "
-                                    f"[{options.get('min')}, {options.get('max')}]")
-            elif spec[0] == "BOOLEAN" and not isinstance(value, bool):
-                problems.append(f"node {node_id} ({class_type}): {name}={value!r} is not a boolean")
-            elif spec[0] == "STRING" and not isinstance(value, str):
-                problems.append(f"node {node_id} ({class_type}): {name}={value!r} is not a string")
-    return problems
+_shared = load_script("workflow_api")
+check_api_prompt = _shared.check_api_prompt
+ui_to_api = _shared.ui_to_api
+WorkflowError = _shared.WorkflowError

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from psa_core.training.errors import TrainingError
+from psa_core.training.loop import DEFAULTS
 from psa_core.training.loss import BETA_HELP, DEFAULT_BETA
 from psa_core.training.optim import LR_SCHEDULES, OPTIMIZERS
 
@@ -35,26 +36,26 @@ class TrainConfig:
     encoder: str | None = None
     skip_invalid: bool = False
     resolution: int | None = None
-    hflip: bool = True
-    caption_dropout: float = 0.2
-    embedding_dropout: float = 0.0
+    hflip: bool = DEFAULTS.hflip
+    caption_dropout: float = DEFAULTS.caption_dropout
+    embedding_dropout: float = DEFAULTS.embedding_dropout
     cache_dir: str | None = None
-    cache_dtype: str = "float16"
+    cache_dtype: str = DEFAULTS.cache_dtype
     cache_batch: int = 8
     # training
     output: str = ""
     steps: int = 5000
-    lr: float = 5e-6
-    lr_schedule: str = "constant_with_warmup"
-    warmup_steps: int = 500
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-2
+    lr: float = DEFAULTS.lr
+    lr_schedule: str = DEFAULTS.lr_schedule
+    warmup_steps: int = DEFAULTS.warmup_steps
+    optimizer: str = DEFAULTS.optimizer
+    weight_decay: float = DEFAULTS.weight_decay
     batch: int = 1
     accumulation: int = 1
     beta: float = DEFAULT_BETA
     precision: str = "auto"
     gradient_checkpointing: bool = False
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = DEFAULTS.max_grad_norm
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3

@@ -7,7 +7,6 @@ which pairs and which random numbers a micro-batch uses depends only on its glob
 """
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time
@@ -18,37 +17,26 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from psa_core.adapter import PSAAdapter
-from psa_core.adapter_file import save_adapter
+from psa_core.adapter_file import SAVE_DTYPES, save_adapter
 from psa_core.atomic import atomic_write
 from psa_core.training import checkpoint as checkpoints
-from psa_core.training.batches import (
-    AssemblyOptions,
-    CachedPairs,
-    PairOrder,
-    derived_seed,
-    micro_batch_generator,
-)
+from psa_core.training.batches import AssemblyOptions, CachedPairs, PairOrder
 from psa_core.training.errors import TrainingError
+from psa_core.training.loop import NonFiniteLoss, StepInputs, new_adapter, optimizer_step
 from psa_core.training.optim import build_lr_scheduler, build_optimizer
 from psa_core.training.records import SKIPPED_REPORT
-from psa_core.training.step import dpo_step
+from psa_core.training.report import History
 
 from .config import DEFAULT_RESOLUTION, TrainConfig
 from .data import base_fingerprint, open_cache, read_data, user_table
 from .hook import DiffusersPSAPredictor
 from .models import load_base_model
-from .report import Ema, RunLog, plot_run
+from .report import RunLog, plot_run
 
 TRAINER_NAME = "psa-trainer 1"
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings a resumed run must share with the checkpoint, or the continuation would not be the same run.
 RESUME_KEYS = ("seed", "batch", "base_model_sha256", "cache_key", "family", "embedding_dim", "beta", "steps")
-
-
-class NonFiniteLoss(TrainingError):
-    """The loss or the gradient became NaN or infinite; the run stopped without saving anything newer."""
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -115,9 +103,7 @@ def train(config: TrainConfig) -> Path:
     predict = DiffusersPSAPredictor(unet, family)
 
     # 5. The trainable adapter in fp32, its optimizer and LR schedule; or all of them from a checkpoint.
-    with torch.random.fork_rng(devices=[]):  # the initial projection depends on the seed alone
-        torch.manual_seed(derived_seed(config.seed, "adapter-init"))
-        adapter = PSAAdapter(family, users.dim)
+    adapter = new_adapter(family, users.dim, config.seed)
     optimizer = build_optimizer(adapter.parameters(), config.optimizer, config.lr, config.weight_decay)
     lr_scheduler = build_lr_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.steps)
     identity = {"seed": config.seed, "batch": config.batch, "base_model_sha256": fingerprint, "cache_key": cache.key,
@@ -153,50 +139,23 @@ def train(config: TrainConfig) -> Path:
         f"processes), {accelerator.mixed_precision} precision on {accelerator.device}")
 
     # 6. The loop: `accumulation` micro-batches per optimizer step on every process.
-    loss_ema, accuracy_ema = Ema(), Ema()
-    if log:
-        for row in log.rows:
-            loss_ema.update(row["loss"])
-            accuracy_ema.update(row["implicit_accuracy"])
+    history = History(log.rows if log else ())
     progress = tqdm(total=config.steps, initial=start_step, disable=not main, desc="train", unit="step",
                     dynamic_ncols=True)
     started = time.perf_counter()
+    inputs = StepInputs(predict, pairs, order, base.schedule, config.seed, config.beta, config.accumulation,
+                        config.max_grad_norm)
     for step in range(start_step, config.steps):
         step_started = time.perf_counter()
-        totals = torch.zeros(3, device=accelerator.device)
-        for micro in range(config.accumulation):
-            number = micro_batches + micro * world + rank
-            generator = micro_batch_generator(config.seed, number)
-            batch = pairs.batch(order.indices(number), generator).to(accelerator.device)
-            with accelerator.accumulate(adapter):
-                result = dpo_step(predict, adapter, batch, base.schedule, generator, config.beta,
-                                  accelerator.autocast)
-                metrics = torch.stack([result.loss.detach(), result.dpo.implicit_accuracy,
-                                       result.dpo.reward_margin.detach()])
-                metrics = accelerator.gather(metrics[None]).mean(dim=0)
-                if not torch.isfinite(metrics[0]):
-                    raise NonFiniteLoss(_stop_message("loss", metrics[0].item(), step + 1, checkpoint_root))
-                totals += metrics / config.accumulation
-                accelerator.backward(result.loss)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    limit = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-                    grad_norm = accelerator.clip_grad_norm_(adapter.parameters(), limit)
-                    if not torch.isfinite(grad_norm):
-                        raise NonFiniteLoss(_stop_message("gradient norm", grad_norm.item(), step + 1,
-                                                          checkpoint_root))
-                optimizer.step()
-                optimizer.zero_grad()
-        lr = lr_scheduler.get_last_lr()[0]
-        lr_scheduler.step()
+        try:
+            metrics = optimizer_step(accelerator, inputs, adapter, optimizer, lr_scheduler, step, micro_batches)
+        except NonFiniteLoss as stop:
+            raise NonFiniteLoss(stop.what, stop.value, stop.step, _stop_advice(checkpoint_root)) from None
         micro_batches += config.accumulation * world
 
-        loss, accuracy, margin = totals.tolist()
-        row = {"step": step + 1, "loss": loss, "implicit_accuracy": accuracy, "reward_margin": margin,
-               "loss_ema": loss_ema.update(loss), "accuracy_ema": accuracy_ema.update(accuracy), "lr": lr,
-               "grad_norm": float(grad_norm), "epoch": order.epoch_of(micro_batches - 1),
-               "pairs_per_second": pairs_per_step / (time.perf_counter() - step_started),
-               "elapsed_s": time.perf_counter() - started}
+        row = history.add(step + 1, metrics, epoch=order.epoch_of(micro_batches - 1),
+                          pairs_per_second=pairs_per_step / (time.perf_counter() - step_started),
+                          elapsed_s=time.perf_counter() - started)
         if log:
             log.append(row)
         progress.set_postfix(loss=f"{row['loss_ema']:.4f}", acc=f"{row['accuracy_ema']:.3f}",
@@ -243,12 +202,11 @@ def save_checkpoint(accelerator: Accelerator, root: Path, adapter, optimizer, lr
     accelerator.wait_for_everyone()
 
 
-def _stop_message(what: str, value: float, step: int, root: Path) -> str:
+def _stop_advice(root: Path) -> str:
     last = checkpoints.latest_checkpoint(root)
-    kept = f"the last good checkpoint {last} is kept; resume from it with --resume latest" if last else \
-        "no checkpoint had been written yet"
-    return (f"the {what} became {value} at step {step}; training stopped and nothing newer was saved. {kept}, "
-            "and lower --lr, raise --beta only with care, or use --precision bf16/no instead of fp16")
+    kept = f"The last good checkpoint {last} is kept; resume from it with --resume latest" if last else \
+        "No checkpoint had been written yet"
+    return (f"{kept}, and lower --lr, raise --beta only with care, or use --precision bf16/no instead of fp16")
 
 
 def adapter_metadata(config: TrainConfig, identity: dict, data, users, source: Path, resolution: int) -> dict:

@@ -1,0 +1,187 @@
+"""tests/comfy_tiny.py builds ComfyUI's own MODEL / VAE / CLIP from the tiny diffusers components: they
+compute what the diffusers modules compute (fp32, CPU), and their weights are inference tensors."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from transformers import CLIPTokenizer
+
+import comfy_tiny
+from trainer.synthetic import ModelSpec, build_components, build_vae, write_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOLERANCE = 1e-5  # of the expected tensor's largest magnitude (at least 1)
+CAPTIONS = ["a photo of a cat", "", "Hello,   World.  two spaces", "ÄÖÜ café 123 #$%"]  # "!": test_exclamation_mark
+LONG = "x" * 100  # the byte-level vocabulary: one token per character, so two ComfyUI chunks
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory):
+    return write_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def tiny(request, comfy, tokenizer_folder):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_thread (function-scoped) does for the tests: 2 threads are ~20x slower here
+    try:
+        components = build_components(ModelSpec.tiny(request.param))
+        return dataclasses.make_dataclass("Tiny", ["components", "model", "vae", "clip"])(
+            components, comfy_tiny.comfy_unet(components), comfy_tiny.comfy_vae(components),
+            comfy_tiny.comfy_clip(components, tokenizer_folder))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def largest_error(actual, expected) -> str:
+    return f"max abs {(actual - expected).abs().max().item():.3g} of max {expected.abs().max().item():.3g}"
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float32 rounding: |actual - expected| ≤ TOLERANCE · max(1, max |expected|) everywhere
+    (the calibrated VAE's latents reach ~30, so a bound relative to each element would be too tight)."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    bound = TOLERANCE * max(1.0, expected.abs().max().item())
+    assert (actual - expected).abs().max().item() <= bound, largest_error(actual, expected)
+
+
+def test_objects_are_comfyui_types_with_inference_weights(tiny):
+    import comfy.ldm.models.autoencoder
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.sd
+
+    family = tiny.components.spec.family
+    assert isinstance(tiny.model, comfy.model_patcher.ModelPatcher)
+    assert type(tiny.model.model) is (comfy.model_base.BaseModel if family == "sd15" else comfy.model_base.SDXL)
+    assert isinstance(tiny.vae, comfy.sd.VAE) and isinstance(tiny.clip, comfy.sd.CLIP)
+    assert type(tiny.vae.first_stage_model) is comfy.ldm.models.autoencoder.AutoencoderKL
+    diffusers_storage = {t.untyped_storage().data_ptr() for module in
+                         (tiny.components.unet, tiny.components.vae, *tiny.components.text_encoders)
+                         for t in module.state_dict().values()}
+    for module in (tiny.model.model, tiny.vae.first_stage_model, tiny.clip.cond_stage_model):
+        tensors = list(module.parameters()) + list(module.buffers())
+        assert tensors and all(t.is_inference() for t in tensors)
+        assert {t.dtype for t in tensors} == {torch.float32}
+        assert not {t.untyped_storage().data_ptr() for t in tensors} & diffusers_storage
+
+
+def unet_inputs(tiny, batch: int = 2):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, 8, 8, generator=generator)
+    context = torch.randn(batch, 77, tiny.components.spec.context_dim, generator=generator)
+    diffusers_extra, comfy_extra = {}, {}
+    if tiny.components.spec.family == "sdxl":
+        pooled = torch.randn(batch, tiny.components.spec.pooled_dim, generator=generator)
+        time_ids = torch.tensor([[32.0, 32, 0, 0, 32, 32], [64, 48, 4, 2, 32, 32]])[:batch]
+        diffusers_extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+        comfy_extra = {"y": comfy_tiny.sdxl_y(tiny.components, pooled, time_ids)}
+    return x, context, diffusers_extra, comfy_extra
+
+
+def test_diffusion_model_matches_diffusers_unet(tiny):
+    x, context, diffusers_extra, comfy_extra = unet_inputs(tiny)
+    timesteps = torch.tensor([10.0, 700.0])
+    with torch.no_grad():
+        expected = tiny.components.unet(x, timesteps, encoder_hidden_states=context, **diffusers_extra).sample
+    with torch.inference_mode():
+        actual = tiny.model.model.diffusion_model(x, timesteps, context, **comfy_extra)
+    print(tiny.components.spec.family, "UNet:", largest_error(actual, expected))
+    assert_matches(actual, expected)
+
+
+def test_apply_model_is_the_epsilon_prediction_at_comfyui_timesteps(tiny):
+    """BaseModel.apply_model (what samplers call): x - σ·ε(x/√(σ²+1), t(σ)) with the diffusers UNet's ε."""
+    x, context, diffusers_extra, comfy_extra = unet_inputs(tiny)
+    base = tiny.model.model
+    sigma = base.model_sampling.sigmas[torch.tensor([10, 700])]
+    with torch.inference_mode():
+        denoised = base.apply_model(x, sigma, c_crossattn=context, **comfy_extra)
+        timesteps = base.model_sampling.timestep(sigma).float()
+    scale = sigma.reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        epsilon = tiny.components.unet(x / (scale ** 2 + 1).sqrt(), timesteps, encoder_hidden_states=context,
+                                       **diffusers_extra).sample
+    assert_matches(timesteps, torch.tensor([10.0, 700.0]))
+    assert_matches(denoised, x - scale * epsilon)
+
+
+@pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "uncalibrated"])
+def test_vae_posterior_and_decoder_match_diffusers(tiny, calibrated):
+    components, vae = tiny.components, tiny.vae
+    if not calibrated:  # the calibrated VAE's logvar is a constant (zeroed weights): vary it too
+        components = dataclasses.replace(components, vae=build_vae(components.spec, seed=5, calibrate=False))
+        vae = comfy_tiny.comfy_vae(components)
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        expected = components.vae.encode(pixels).latent_dist
+        decoded = components.vae.decode(expected.mean).sample
+    with torch.inference_mode():
+        mean, std = comfy_tiny.posterior(vae, pixels)
+        encoded = vae.encode(pixels.permute(0, 2, 3, 1) * 0.5 + 0.5)  # the VAEEncode node's path: NHWC in [0, 1]
+        images = vae.decode(expected.mean)
+    decoded = ((decoded.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1)  # ComfyUI's IMAGE: NHWC in [0, 1]
+    print(components.spec.family, "calibrated" if calibrated else "uncalibrated", "VAE mean:",
+          largest_error(mean, expected.mean), "std:", largest_error(std, expected.std), "decode:",
+          largest_error(images, decoded))
+    if not calibrated:
+        assert std.std() > 0.1
+    assert_matches(mean, expected.mean)
+    assert_matches(std, expected.std)
+    assert_matches(encoded, expected.mean)
+    assert encoded.shape == (2, 4, 8, 8) and images.shape == (2, 32, 32, 3)
+    assert_matches(images, decoded)
+
+
+def diffusers_text(tiny, tokenizer_folder, caption: str):
+    """Token ids (one row per encoder) and (hidden states, pooled) as diffusers' SD1.5 / SDXL pipelines get them."""
+    encoders = tiny.components.text_encoders
+    pads = [None] if len(encoders) == 1 else [None, "!"]  # SDXL's tokenizer_2 pads with "!" (id 0)
+    ids = [CLIPTokenizer.from_pretrained(tokenizer_folder, **({"pad_token": pad} if pad else {}))(
+        [caption], padding="max_length", max_length=encoder.config.max_position_embeddings, truncation=True,
+        return_tensors="pt").input_ids for encoder, pad in zip(encoders, pads)]
+    with torch.no_grad():
+        if len(encoders) == 1:
+            out = encoders[0](ids[0])
+            return ids, out.last_hidden_state, out.pooler_output
+        outs = [encoder(i, output_hidden_states=True) for encoder, i in zip(encoders, ids)]
+        return ids, torch.cat([o.hidden_states[-2] for o in outs], dim=-1), outs[1].text_embeds
+
+
+@pytest.mark.parametrize("caption", CAPTIONS + [LONG], ids=lambda c: repr(c[:12]))
+def test_clip_matches_diffusers_text_encoders(tiny, tokenizer_folder, caption):
+    ids, hidden, pooled = diffusers_text(tiny, tokenizer_folder, caption)
+    tokens = tiny.clip.tokenize(caption)
+    names = ["l"] if len(ids) == 1 else ["l", "g"]
+    chunks = 2 if caption == LONG else 1
+    for name, expected in zip(names, ids):
+        assert len(tokens[name]) == chunks
+        assert [token for token, weight in tokens[name][0]] == expected[0].tolist()
+    with torch.inference_mode():
+        cond, comfy_pooled = tiny.clip.encode_from_tokens(tokens, return_pooled=True)
+    print(tiny.components.spec.family, repr(caption[:12]), "text:", largest_error(cond[:, :77], hidden),
+          "pooled:", largest_error(comfy_pooled, pooled))
+    assert cond.shape == (1, 77 * chunks, tiny.components.spec.context_dim)
+    assert_matches(cond[:, :77], hidden)  # a long caption: its first chunk
+    assert_matches(comfy_pooled, pooled)
+
+
+def test_exclamation_mark(tiny, tokenizer_folder):
+    """The one plain-caption difference: diffusers' SDXL tokenizer_2 has pad_token "!", so it cuts every "!"
+    out as that special token (id 0); ComfyUI's clip_g tokenizer has no such token and gives "!</w>" (256),
+    like SD1.5's and clip_l's tokenizers on both sides."""
+    caption = "wow! yes!"
+    ids, hidden, _ = diffusers_text(tiny, tokenizer_folder, caption)
+    tokens = tiny.clip.tokenize(caption)
+    plain = CLIPTokenizer.from_pretrained(tokenizer_folder)(caption).input_ids
+    assert [token for token, weight in tokens["l"][0]] == ids[0][0].tolist()
+    if tiny.components.spec.family == "sd15":
+        with torch.inference_mode():
+            assert_matches(tiny.clip.encode_from_tokens(tokens), hidden)
+        return
+    comfy_g = [token for token, weight in tokens["g"][0]]
+    assert comfy_g[:len(plain)] == plain and set(comfy_g[len(plain):]) == {0}
+    assert ids[1][0, :len(plain)].tolist() == [0 if t == 256 else t for t in plain] != plain
