@@ -166,10 +166,15 @@ def train_in_graph(model, clip, vae, dataset: PSADataset, settings: TrainingSett
             backend = LocalBackend(device, settings.accumulation)
             history = _run_steps(trainee, family, pairs, order, settings, backend, adapter, optimizer,
                                  lr_scheduler, on_step)
-            trained = adapter.as_loaded(users.encoder, _metadata(settings, dataset, users, resolution),
-                                        name="trained in ComfyUI")
+            trained = adapter.cpu().as_loaded(users.encoder, _metadata(settings, dataset, users, resolution),
+                                              name="trained in ComfyUI")
             return TrainingResult(trained, history)
     finally:
+        # A traceback kept after an error or Cancel holds these frames' locals: empty the GPU state explicitly.
+        if optimizer is not None:
+            optimizer.state.clear()
+        if adapter is not None:
+            adapter.cpu()
         del adapter, optimizer, lr_scheduler
         shutil.rmtree(work, ignore_errors=True)
         comfy.model_management.soft_empty_cache()

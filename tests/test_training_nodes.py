@@ -267,3 +267,21 @@ def test_weights_moved_after_loading_train_too(pack, comfy):
         assert swapped == 4 and all(a.data_ptr() == b.data_ptr() for a, b in zip(layer.parameters(), originals))
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(a is b for a, b in zip(layer.parameters(), originals)), "the originals are back"
+
+
+def test_another_precision_computes_in_it_and_leaves_the_model_as_it_was(pack, comfy, tiny_setup):
+    """precision bf16 on an fp32-loaded model: ComfyUI casts each layer on the fly (set_model_compute_dtype on a
+    clone); the graph's model keeps its fp32 weights and predicts exactly as before."""
+    _, components, tokenizer, pairs, profiles = tiny_setup
+    run = _module(pack, "nodes.training_run")
+    graph = _graph(components, tokenizer)
+    before = _prediction(graph[0])
+    settings = run.TrainingSettings(2, 1e-3, 2, precision="bf16")
+    with torch.inference_mode():
+        result = run.train_in_graph(*graph, _dataset(pack, pairs, profiles), settings, encoder="psa-structured-v1")
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history.rows)
+    assert all(p.dtype == torch.float32 for p in graph[0].model.diffusion_model.parameters())
+    assert torch.equal(_prediction(graph[0]), before)
+    with pytest.raises(_module(pack, "psa_core.training.errors").TrainingError, match="allowed: auto, fp32"):
+        run.train_in_graph(*graph, _dataset(pack, pairs, profiles), run.TrainingSettings(1, precision="fp64"),
+                           encoder="psa-structured-v1")
