@@ -285,3 +285,34 @@ def test_another_precision_computes_in_it_and_leaves_the_model_as_it_was(pack, c
     with pytest.raises(_module(pack, "psa_core.training.errors").TrainingError, match="allowed: auto, fp32"):
         run.train_in_graph(*graph, _dataset(pack, pairs, profiles), run.TrainingSettings(1, precision="fp64"),
                            encoder="psa-structured-v1")
+
+
+@pytest.mark.parametrize("family_name", ["sd15", "sdxl"])
+def test_training_patch_reaches_every_layer_and_each_one_counts(pack, comfy, family_name):
+    """The training predictor's attn2 patch fires in all 16 / 70 layers, and the values of each layer change the
+    prediction (so none is silently skipped, as a wrong block key would be)."""
+    glue = _module(pack, "nodes.training_model")
+    run = _module(pack, "nodes.training_run")
+    components = build_components(ModelSpec.tiny(family_name), seed=5)
+    with torch.inference_mode():
+        model = comfy_unet(components)
+    family = run.model_family(model)
+    assert family.num_layers == (16 if family_name == "sd15" else 70)
+    predict = glue.ComfyPSAPredictor(model, family)
+    predict.hits = set()
+    generator = torch.Generator().manual_seed(0)
+    noisy = torch.randn(1, 4, 8, 8, generator=generator)
+    conditioning = {"encoder_hidden_states": torch.randn(1, 77, family.context_dim, generator=generator)}
+    if family_name == "sdxl":
+        conditioning.update(text_embeds=torch.randn(1, components.spec.pooled_dim, generator=generator),
+                            time_ids=torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]]))
+    zeros = [torch.zeros(1, layer.hidden) for layer in family.layers]
+    timesteps = torch.tensor([400])
+    with torch.no_grad():
+        base = predict(noisy, timesteps, conditioning, None)
+        assert torch.equal(predict(noisy, timesteps, conditioning, zeros), base)
+        assert predict.hits == {layer.comfy_key for layer in family.layers}
+        for layer in family.layers:
+            values = list(zeros)
+            values[layer.index] = torch.full((1, layer.hidden), 0.5)
+            assert not torch.equal(predict(noisy, timesteps, conditioning, values), base), layer.comfy_key
