@@ -27,14 +27,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import psutil
 import torch
 
 from psa_core.adapter import PSAAdapter
@@ -63,6 +61,8 @@ from trainer.synthetic import (
     write_tokenizer,
 )
 from trainer.synthetic_data import write_pairs, write_profiles
+
+from memory import Memory  # bench/memory.py, beside this script
 
 EMBEDDING_DIM = 3584
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -128,43 +128,6 @@ def data(workdir: Path):
 def user_vectors(records):
     return build_user_table(records, CallableEmbeddings(
         lambda d: torch.linspace(-1, 1, EMBEDDING_DIM) * (d["Age"] / 30.0)))
-
-
-class Memory:
-    """Peak memory of the training steps, counted from before the models were built (weights included).
-
-    `steps_begin()` is called once the arm is set up, so one-off load-time copies (an fp32 UNet cast to bf16)
-    do not count. CUDA: torch.cuda.max_memory_allocated; CPU: the process's RSS, sampled every 2 ms."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        if device == "cuda":
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.start = psutil.Process().memory_info().rss
-
-    def steps_begin(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            return
-        process = psutil.Process()
-
-        def sample() -> None:
-            while not self._stop.is_set():
-                self.samples.append(process.memory_info().rss)
-                time.sleep(0.002)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-
-    def peak(self) -> int:
-        if self.device == "cuda":
-            return torch.cuda.max_memory_allocated() - self.start
-        self._stop.set()
-        self._thread.join()
-        return max(self.samples) - self.start
 
 
 def synchronize(device: str) -> None:

@@ -12,9 +12,9 @@ do not mix:
   activations; the UNet is resident by then).
 
 Reported: the median time of the timed optimizer steps and the peak memory of each arm (CUDA:
-torch.cuda.max_memory_allocated), and node ÷ standalone. `--check` exits 1 unless both ratios are ≤ 1.10. On
-the CPU the run is a smoke test: RSS cannot separate the node arm's already-loaded weights from its training
-memory as the GPU allocator can, so only the step times compare there.
+torch.cuda.max_memory_allocated; bench/memory.py), and node ÷ standalone. `--check` exits 1 unless both ratios are
+≤ 1.10. On the CPU the run is a smoke test: there ComfyUI keeps the graph's VAE and CLIP in the same RAM as the
+UNet, so the node arm's RSS also holds them, and only the step times compare.
 
     .venv/bin/python bench/bench_train_nodes.py                                 # CPU smoke run (64 px)
     python bench/bench_train_nodes.py --device cuda --resolution 512 --batch 4  # GPU, SD1.5 real widths
@@ -28,13 +28,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+
+from memory import Memory  # bench/memory.py, beside this script  # noqa: E402
 
 PRECISION_FLAGS = {"bf16": ("bf16", "bfloat16"), "no": ("no", "float32")}  # trainer flag, ComfyUI dtype name
 
@@ -60,39 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup or (3 if cuda else 1)
     args.precision = args.precision or ("bf16" if cuda else "no")
     return args
-
-
-class PeakRss:
-    """Peak resident memory above a baseline, sampled every 5 ms (the CPU's stand-in for max_memory_allocated)."""
-
-    def __init__(self):
-        import psutil
-
-        self.process = psutil.Process()
-        self.reset()
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def reset(self) -> None:
-        self.base = self.peak = self.process.memory_info().rss
-
-    def _sample(self) -> None:
-        while True:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
-
-    def value(self) -> int:
-        return self.peak - self.base
-
-
-def peak_meter(device: str):
-    import torch
-
-    if device == "cuda":
-        class Cuda:
-            reset = staticmethod(torch.cuda.reset_peak_memory_stats)
-            value = staticmethod(torch.cuda.max_memory_allocated)
-        return Cuda()
-    return PeakRss()
 
 
 def comfy_tokenizer() -> Path:
@@ -125,12 +93,12 @@ def trainer_args(args: argparse.Namespace, work: Path, steps: int, output: str) 
 def run_standalone(args: argparse.Namespace, work: Path) -> dict:
     from trainer.__main__ import main
 
-    meter = peak_meter(args.device)
-    meter.reset()
+    memory = Memory(args.device)
+    memory.steps_begin()  # no hook inside the trainer: its whole run counts (its cache is prebuilt)
     assert main(trainer_args(args, work, args.warmup + args.steps, "standalone")) == 0
     rows = [json.loads(line) for line in (work / "standalone" / "train_log.jsonl").read_text().splitlines()]
     seconds = [args.batch / row["pairs_per_second"] for row in rows[args.warmup:]]
-    return {"step_s": statistics.median(seconds), "peak_bytes": meter.value()}
+    return {"step_s": statistics.median(seconds), "peak_bytes": memory.peak()}
 
 
 def run_node(args: argparse.Namespace, work: Path) -> dict:
@@ -140,13 +108,14 @@ def run_node(args: argparse.Namespace, work: Path) -> dict:
     import_comfy_in_process(cpu=args.device == "cpu")
     import comfy.sd
 
+    memory = Memory(args.device)  # before the checkpoint loads: weights count, as in the standalone arm
+
     pack = import_pack()
     from importlib import import_module
 
     nodes = import_module(f"{pack.__name__}.nodes.nodes_training")
     training_run = import_module(f"{pack.__name__}.nodes.training_run")
     dtype = getattr(torch, PRECISION_FLAGS[args.precision][1])
-    meter = peak_meter(args.device)
     with torch.inference_mode():
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
             str(work / "base.safetensors"), output_vae=True, output_clip=True,
@@ -158,7 +127,7 @@ def run_node(args: argparse.Namespace, work: Path) -> dict:
 
     def on_step(step: int, total: int, row: dict) -> None:
         if step == args.warmup:
-            meter.reset()
+            memory.steps_begin()
         elif step > args.warmup:
             seconds.append(row["seconds"])
 
@@ -166,7 +135,7 @@ def run_node(args: argparse.Namespace, work: Path) -> dict:
     with torch.inference_mode():
         training_run.train_in_graph(model, clip, vae, dataset, settings, encoder="psa-structured-v1",
                                     on_step=on_step)
-    return {"step_s": statistics.median(seconds), "peak_bytes": meter.value()}
+    return {"step_s": statistics.median(seconds), "peak_bytes": memory.peak()}
 
 
 def spawn(args: argparse.Namespace, work: Path, arm: str, argv: list[str]) -> dict:

@@ -30,7 +30,9 @@ from ..psa_core.training.cache import CacheSettings, open_or_build_cache
 from ..psa_core.training.embeddings import build_user_table
 from ..psa_core.training.errors import TrainingError
 from ..psa_core.training.inputs import embedding_source
-from ..psa_core.training.loop import DEFAULTS, LocalBackend, StepInputs, new_adapter, optimizer_step
+from ..psa_core.training.loop import (DEFAULT_RESOLUTION, DEFAULTS, LocalBackend, StepInputs, new_adapter,
+                                      optimizer_step)
+from ..psa_core.training.loss import DEFAULT_BETA
 from ..psa_core.training.optim import build_lr_scheduler, build_optimizer
 from ..psa_core.training.records import LabelledData
 from ..psa_core.training.report import History, render_history
@@ -44,7 +46,6 @@ from .training_model import (
 )
 
 TRAINER_NAME = "comfyui PSATrainAdapter 1"
-DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
 PRECISIONS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PREVIEW_EVERY_S = 5.0
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class TrainingSettings:
     lr: float = DEFAULTS.lr
     batch: int = 1
     accumulation: int = 1
-    beta: float = 5000.0
+    beta: float = DEFAULT_BETA
     seed: int = 0
     precision: str = "auto"
     gradient_checkpointing: bool = False

@@ -48,12 +48,10 @@ def comfy_folders(comfy, tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_nodes_are_registered_with_stable_ids_and_tooltips(pack):
+def test_nodes_are_registered_with_stable_ids(pack):
+    """(Their tooltips are checked with every other node's in test_node_docs.py.)"""
     listed = registered_nodes(pack)
     assert set(NODE_IDS) <= set(listed)
-    for node_id in NODE_IDS:
-        schema = listed[node_id].define_schema()
-        assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs), node_id
     loader = listed["PSALoadPromptPairs"].GET_NODE_INFO_V1()
     assert loader["output_name"] == ["unsafe_prompt", "safe_prompt", "category", "concept", "seed", "count",
                                      "extra_categories"]

@@ -37,12 +37,10 @@ def profile_widgets(preset="custom", age=35, age_group="auto", gender="male", re
     return values
 
 
-def test_nodes_are_registered_with_stable_ids_and_tooltips(pack):
+def test_nodes_are_registered_with_stable_ids(pack):
+    """(Their tooltips are checked with every other node's in test_node_docs.py.)"""
     listed = registered_nodes(pack)
     assert set(NODE_IDS) <= set(listed)
-    for node_id in NODE_IDS:
-        schema = listed[node_id].define_schema()
-        assert all(i.tooltip for i in schema.inputs), node_id
     inputs = [i.id for i in listed["PSAUserProfile"].define_schema().inputs]
     assert inputs == ["preset", "age", "age_group", "gender", "religion", "physical_condition", "mental_condition",
                       "banned_from", "ban_hate", "ban_harassment", "ban_violence", "ban_self_harm", "ban_sexuality",

@@ -23,8 +23,8 @@ from psa_core.dataset_build import PAIRS_NAME, PairDataset, PairItem, read_promp
 from psa_core.dataset_build.prompt_pairs import FORMAT_HELP, MAX_SEED
 from psa_core.training.errors import TrainingError
 from psa_core.training.fingerprint import HashMemo, model_fingerprint
+from psa_core.training.loop import DEFAULT_RESOLUTION
 
-from .config import DEFAULT_RESOLUTION
 from .models import load_base_model
 
 SAMPLERS = ("euler", "euler_a", "ddim", "dpmpp_2m")

@@ -18,7 +18,6 @@ from psa_core.training.loss import BETA_HELP, DEFAULT_BETA
 from psa_core.training.optim import LR_SCHEDULES, OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
-DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
 
 
 @dataclass

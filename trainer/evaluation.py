@@ -9,8 +9,9 @@ from psa_core.adapter_file import load_adapter
 from psa_core.training.batches import AssemblyOptions, CachedPairs
 from psa_core.training.errors import TrainingError
 from psa_core.training.evaluate import evaluate
+from psa_core.training.loop import DEFAULT_RESOLUTION
 
-from .config import DEFAULT_RESOLUTION, TrainConfig
+from .config import TrainConfig
 from .data import base_fingerprint, open_cache, read_data, user_table
 from .hook import DiffusersPSAPredictor
 from .models import load_base_model

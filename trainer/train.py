@@ -22,12 +22,12 @@ from psa_core.atomic import atomic_write
 from psa_core.training import checkpoint as checkpoints
 from psa_core.training.batches import AssemblyOptions, CachedPairs, PairOrder
 from psa_core.training.errors import TrainingError
-from psa_core.training.loop import NonFiniteLoss, StepInputs, new_adapter, optimizer_step
+from psa_core.training.loop import DEFAULT_RESOLUTION, NonFiniteLoss, StepInputs, new_adapter, optimizer_step
 from psa_core.training.optim import build_lr_scheduler, build_optimizer
 from psa_core.training.records import SKIPPED_REPORT
 from psa_core.training.report import History
 
-from .config import DEFAULT_RESOLUTION, TrainConfig
+from .config import TrainConfig
 from .data import base_fingerprint, open_cache, read_data, user_table
 from .hook import DiffusersPSAPredictor
 from .models import load_base_model

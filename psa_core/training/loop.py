@@ -42,6 +42,7 @@ class TrainingDefaults:
 
 
 DEFAULTS = TrainingDefaults()
+DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' native training sizes
 
 
 class NonFiniteLoss(TrainingError):
