@@ -153,8 +153,9 @@ class PSATrainAdapter(io.ComfyNode):
                                      "Change it to train again."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="The UNet's compute dtype while training. auto: as the graph loaded it (no "
-                                       "extra memory); another dtype casts each layer on the fly. The adapter "
-                                       "itself always trains in fp32."),
+                                       "extra memory); another dtype casts each layer on the fly. fp16 compute "
+                                       "(chosen, or auto on an fp16-loaded model) uses loss scaling: a step whose "
+                                       "gradients overflow is skipped. The adapter itself always trains in fp32."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute UNet activations during backward: much less memory for larger "
                                          "batches, about a third slower."),

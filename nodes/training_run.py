@@ -112,6 +112,11 @@ def _training_model(model, settings: TrainingSettings):
     return trainee
 
 
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the UNet computes in: a cast set on the model (ComfyUI's manual cast), else its weights' dtype."""
+    return model.get_model_object("manual_cast_dtype") or model.model.get_dtype()
+
+
 def _build_cache(model, vae, clip, family, dataset: PSADataset, settings: TrainingSettings, folder: Path):
     resolution = dataset.resolution or DEFAULT_RESOLUTION[family.name]
     encode_images, encode_texts = graph_encoders(model, vae, clip, family)
@@ -164,9 +169,9 @@ def train_in_graph(model, clip, vae, dataset: PSADataset, settings: TrainingSett
             adapter.to(device)
             optimizer = build_optimizer(adapter.parameters(), DEFAULTS.optimizer, settings.lr, DEFAULTS.weight_decay)
             lr_scheduler = build_lr_scheduler(optimizer, DEFAULTS.lr_schedule, settings.warmup_steps, settings.steps)
-            backend = LocalBackend(device, settings.accumulation)
-            history = _run_steps(trainee, family, pairs, order, settings, backend, adapter, optimizer,
-                                 lr_scheduler, on_step)
+            backend = LocalBackend(device, settings.accumulation, loss_scaling=compute_dtype(trainee) == torch.float16)
+            history = _run_steps(trainee, family, pairs, order, settings, backend, adapter,
+                                 backend.prepare_optimizer(optimizer), lr_scheduler, on_step)
             trained = adapter.cpu().as_loaded(users.encoder, _metadata(settings, dataset, users, resolution),
                                               name="trained in ComfyUI")
             return TrainingResult(trained, history)

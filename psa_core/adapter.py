@@ -22,19 +22,24 @@ LAYER_NORM_EPS = 1e-5
 PROJECTION_KEYS = ("proj.weight", "proj.bias", "norm.weight", "norm.bias")
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """The user values are computed in fp32, or in float64 when given float64 (the tests' exact comparisons)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def project_users(embeddings: torch.Tensor, projection: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """`LN(P e + b)` for a batch of embeddings `[N, E]`, in fp32 → `[N, D]`."""
-    weight = projection["proj.weight"].float()
-    projected = F.linear(embeddings.float(), weight, projection["proj.bias"].float())
-    return F.layer_norm(projected, (weight.shape[0],), projection["norm.weight"].float(),
-                        projection["norm.bias"].float(), LAYER_NORM_EPS)
+    """`LN(P e + b)` for a batch of embeddings `[N, E]`, in fp32 (or float64) → `[N, D]`."""
+    weight = at_least_fp32(projection["proj.weight"])
+    projected = F.linear(embeddings.to(weight.dtype), weight, projection["proj.bias"].to(weight.dtype))
+    return F.layer_norm(projected, (weight.shape[0],), projection["norm.weight"].to(weight.dtype),
+                        projection["norm.bias"].to(weight.dtype), LAYER_NORM_EPS)
 
 
 def null_user(projection: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The token the reference feeds the unconditional branch: the projection of a zero embedding, `[1, D]`."""
-    bias = projection["proj.bias"].float()
-    return F.layer_norm(bias[None], bias.shape, projection["norm.weight"].float(),
-                        projection["norm.bias"].float(), LAYER_NORM_EPS)
+    bias = at_least_fp32(projection["proj.bias"])
+    return F.layer_norm(bias[None], bias.shape, projection["norm.weight"].to(bias.dtype),
+                        projection["norm.bias"].to(bias.dtype), LAYER_NORM_EPS)
 
 
 class ValueWeights(Protocol):
@@ -78,13 +83,13 @@ class LoadedAdapter:
         return sum(t.numel() for t in self.projection.values())
 
     def user_values(self, embeddings: torch.Tensor) -> UserValues:
-        """`W_v^l [u_1..u_N, u0]` for every layer, fp32, from embeddings `[N, E]`."""
+        """`W_v^l [u_1..u_N, u0]` for every layer, fp32 (float64 for a float64 projection), from embeddings `[N, E]`."""
         tokens = torch.cat([project_users(embeddings, self.projection), null_user(self.projection)])
         per_layer = []
         for layer, weight in zip(self.family.layers, self.value_weights, strict=True):
             if tuple(weight.shape) != (layer.hidden, self.context_dim):
                 raise ValueError(f"layer {layer.index}: value weight {tuple(weight.shape)} changed since loading")
-            per_layer.append(F.linear(tokens, weight.float()))
+            per_layer.append(F.linear(tokens, weight.to(tokens.dtype)))
         return UserValues(tuple(per_layer), embeddings.shape[0])
 
 

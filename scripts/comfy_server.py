@@ -6,6 +6,7 @@ library; ComfyUI runs in a child process with this interpreter.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -31,9 +32,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _default_comfyui() -> Path:
+    """scripts/fetch_comfyui.py's folder for the newest tested ComfyUI (loaded by path: scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location("psa_fetch_comfyui", Path(__file__).with_name("fetch_comfyui.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tree_path(module.NEWEST)
+
+
 def find_comfyui(path: str | Path | None = None) -> Path:
-    """`path`, else $COMFYUI_PATH, else the copy scripts/bootstrap.sh extracts to .cache/comfyui."""
-    found = Path(path or os.environ.get("COMFYUI_PATH") or REPO / ".cache" / "comfyui").resolve()
+    """`path`, else $COMFYUI_PATH, else the newest tested ComfyUI that scripts/bootstrap.sh extracts to .cache/."""
+    found = Path(path or os.environ.get("COMFYUI_PATH") or _default_comfyui()).resolve()
     if not (found / "main.py").is_file():
         raise ServerError(f"no ComfyUI at {found} (no main.py): run `bash scripts/bootstrap.sh`, or set COMFYUI_PATH "
                           "to a ComfyUI checkout")
@@ -44,11 +53,11 @@ class ComfyServer:
     """`links` are custom-node folders linked into the base directory's custom_nodes/; `packs` are the folder
     names loaded (default: the linked ones). Nothing else in custom_nodes/ is loaded. `cpu` adds --cpu;
     `environment` adds variables to the server's environment; the log goes to `log_path` (default
-    base/server.log)."""
+    base/server.log); `front_end_root` serves that frontend build (its static folder) instead of the bundled one."""
 
     def __init__(self, base: Path, comfyui: Path, links: dict[str, Path], packs: list[str] | None = None,
                  cpu: bool = True, environment: dict[str, str] | None = None, client_id: str = "psa",
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, front_end_root: Path | None = None):
         self.base = Path(base)
         self.comfyui = Path(comfyui)
         self.links = dict(links)
@@ -59,6 +68,7 @@ class ComfyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else self.base / "server.log"
+        self.front_end_root = Path(front_end_root) if front_end_root else None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -74,7 +84,8 @@ class ComfyServer:
                 "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base),
                 "--disable-all-custom-nodes", "--whitelist-custom-nodes", *self.packs, "--disable-metadata",
                 "--dont-print-server", "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-                "--disable-auto-launch"]
+                "--disable-auto-launch",
+                *(["--front-end-root", str(self.front_end_root)] if self.front_end_root else [])]
 
     def start(self, timeout: float = 180.0) -> ComfyServer:
         custom_nodes = self.base / "custom_nodes"

@@ -345,7 +345,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                                "PSALoadEmbedding, PSAApply, EmptyLatentImage, KSampler, SaveImage (default: the "
                                "bundled SD1.5 or SDXL text-to-image workflow, after the adapter's family)")
     machine = parser.add_argument_group("machine")
-    machine.add_argument("--comfyui", type=Path, help="a ComfyUI folder (default: $COMFYUI_PATH, else .cache/comfyui)")
+    machine.add_argument("--comfyui", type=Path, help="a ComfyUI folder (default: $COMFYUI_PATH, else the newest tested one in .cache/)")
     machine.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is available")
     machine.add_argument("--threads", type=int, help="CPU threads of the server (OMP_NUM_THREADS)")
     machine.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for ComfyUI to start")

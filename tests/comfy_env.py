@@ -1,6 +1,7 @@
 """A real ComfyUI for the tests: where it is, importing it in-process, and importing this pack into it.
 
-ComfyUI comes from `COMFYUI_PATH` or, by default, the copy scripts/bootstrap.sh extracts to .cache/comfyui.
+ComfyUI comes from `COMFYUI_PATH` (scripts/test.sh sets it for each ComfyUI of the tested matrix) or, by default,
+the newest tested one that scripts/bootstrap.sh extracts to .cache/ (scripts/comfy_server.py's find_comfyui).
 ComfyUI owns the top-level module name `nodes`, so its directory goes first on sys.path and the pack is
 imported as the package `comfyui_psa` (the name is ours; ComfyUI uses the folder name).
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -17,10 +17,9 @@ PACK_PACKAGE = "comfyui_psa"
 
 
 def comfyui_path() -> Path:
-    path = Path(os.environ.get("COMFYUI_PATH") or REPO / ".cache" / "comfyui").resolve()
-    if not (path / "main.py").is_file():
-        raise RuntimeError(f"no ComfyUI at {path}: run scripts/bootstrap.sh or set COMFYUI_PATH to a ComfyUI checkout")
-    return path
+    from script_modules import load_script
+
+    return load_script("comfy_server").find_comfyui()
 
 
 def put_comfyui_first_on_path() -> Path:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -9,10 +10,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_env import REPO, import_comfy_in_process, import_pack, put_comfyui_first_on_path  # noqa: E402
+from comfy_access import registered_model_folders  # noqa: E402
 
 put_comfyui_first_on_path()
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # psa_core and trainer as top-level packages, after ComfyUI
+
+
+# Fixtures that make a test need a real ComfyUI; tests using any of them get the `comfyui` marker, and
+# PSA_TEST_SCOPE=comfyui (scripts/test.sh, for the oldest supported ComfyUI) keeps only those.
+COMFYUI_FIXTURES = {"folder_paths", "pack", "model_folders", "register_folders", "comfy_server", "demo_server"}
+SERVER_FIXTURES = {"comfy_server", "demo_server"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(item.fixturenames)
+        if fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.http)
+            item.add_marker(pytest.mark.slow)
+        if fixtures & COMFYUI_FIXTURES or item.get_closest_marker("http") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.comfyui)
+    scope = os.environ.get("PSA_TEST_SCOPE", "all")
+    if scope not in ("all", "comfyui"):
+        raise pytest.UsageError(f"PSA_TEST_SCOPE={scope!r}: allowed values are 'all' and 'comfyui'")
+    if scope == "comfyui":
+        kept = [item for item in items if item.get_closest_marker("comfyui")]
+        config.hook.pytest_deselected(items=[item for item in items if not item.get_closest_marker("comfyui")])
+        items[:] = kept
 
 
 def reference_dir() -> Path:
@@ -28,32 +54,30 @@ def reference() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy():
+def folder_paths():
     """ComfyUI's `folder_paths` module, after importing ComfyUI in-process on the CPU."""
     return import_comfy_in_process()
 
 
 @pytest.fixture(scope="session")
-def pack(comfy):
+def pack(folder_paths):
     """This repository imported as a ComfyUI custom-node package (use its classes, not top-level psa_core's)."""
     return import_pack()
 
 
 @pytest.fixture
-def model_folders(comfy, pack, tmp_path):
+def register_folders(folder_paths):
+    """Call it with {model type: folder}: each folder is registered first for its type during the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda folders: stack.enter_context(registered_model_folders(folder_paths, folders))
+
+
+@pytest.fixture
+def model_folders(pack, register_folders, tmp_path):
     """Fresh, empty psa/ and psa_embeddings/ folders registered first for one test."""
-    saved = {name: comfy.folder_names_and_paths[name] for name in ("psa", "psa_embeddings")}
-    folders = {}
-    for name in saved:
-        folder = tmp_path / "models" / name
-        folder.mkdir(parents=True)
-        paths, extensions = saved[name]
-        comfy.folder_names_and_paths[name] = ([str(folder)] + list(paths), extensions)
-        folders[name] = folder
-    comfy.filename_list_cache.clear()
-    yield folders
-    comfy.folder_names_and_paths.update(saved)
-    comfy.filename_list_cache.clear()
+    folders = {name: tmp_path / "models" / name for name in ("psa", "psa_embeddings")}
+    register_folders(folders)
+    return folders
 
 
 @pytest.fixture(scope="session")

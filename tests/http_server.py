@@ -21,8 +21,10 @@ DEFAULT_LINKS = {PACK_FOLDER: REPO, TEST_NODES_FOLDER: REPO / "tests" / "http_su
 
 class ComfyServer(_shared.ComfyServer):
     """`links` are custom-node folders linked into the base directory (default: this pack and the test nodes);
-    `packs` are the custom-node folder names loaded (default: the linked ones). Always on the CPU."""
+    `packs` are the custom-node folder names loaded (default: the linked ones); `front_end_root` is a frontend
+    build's static folder to serve instead of the bundled frontend. Always on the CPU."""
 
-    def __init__(self, base: Path, links: dict[str, Path] | None = None, packs: list[str] | None = None):
+    def __init__(self, base: Path, links: dict[str, Path] | None = None, packs: list[str] | None = None,
+                 front_end_root: Path | None = None):
         super().__init__(base, comfyui_path(), DEFAULT_LINKS if links is None else links, packs, cpu=True,
-                         client_id="psa-tests")
+                         client_id="psa-tests", front_end_root=front_end_root)

@@ -1,11 +1,18 @@
-"""The pack in ComfyUI's real web UI: a headless ComfyUI server (frontend from the PyPI package) driven in
-headless Chromium (Debian's chromium + chromium-driver, via Selenium WebDriver).
+"""The pack in ComfyUI's real web UI: a headless ComfyUI server driven in headless Chromium (Debian's
+chromium + chromium-driver, via Selenium WebDriver).
 
 Proves that every example workflow loads in the page with no missing node types and no warning dialog,
 that every PSA node renders the widgets /object_info declares, and that the SD1.5 workflow queued with
 the page's own Run button produces an image, shown on the SaveImage node and written to output/.
 The SD1.5 checkpoint is a real single-file checkpoint with random weights (scripts/demo_assets.py).
-Screenshots go to $PSA_TEST_ARTIFACTS/browser (default .cache/test-artifacts/browser).
+
+Every browser test runs once per frontend: the one the ComfyUI ships ("bundled"), then each entry of
+$PSA_TEST_FRONTENDS, a space-separated list of NAME=STATIC_DIR (a frontend build's static folder, served
+with ComfyUI's --front-end-root), e.g. PSA_TEST_FRONTENDS="1.58.1=/path/to/comfyui_frontend_package/static".
+The page is driven as a user sees it: controls by their visible text or accessible name, dialogs and
+warnings by their ARIA role and text; the graph is loaded and read through the frontend's extension API
+(window.app, window.LiteGraph).
+Screenshots go to $PSA_TEST_ARTIFACTS/browser (default .cache/test-artifacts/browser), named per frontend.
 """
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ import os
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +72,34 @@ PAGE_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False
                  "LiteGraph.Canvas.MinFontSizeForLOD": 0}
 CHECKPOINT_KEY_WARNINGS = ("unet missing", "unet unexpected", "clip missing", "Missing VAE keys",
                            "not a checkpoint file")
+# The visible text of the button that queues the graph (1.32 to 1.58; its icon-only menu trigger is labelled
+# "Run" too, by aria-label, in 1.45, so the visible text is what tells them apart).
+RUN_BUTTON_LABEL = "Run"
+# What a user sees as a dialog, warning or toast: 1.32 shows missing nodes in a dialog and toasts as alerts,
+# 1.45 in an alert overlay, 1.58 in a status overlay. Empty live regions (always present) are not notices.
+NOTICE_ROLES = '[role="dialog"], [role="alertdialog"], [role="alert"], [role="status"]'
+# Names of the buttons that close a notice, by accessible name or visible text.
+CLOSE_LABELS = ("Close", "Dismiss")
+
+
+@dataclass(frozen=True)
+class Frontend:
+    name: str
+    static_dir: Path | None  # None: the frontend the ComfyUI ships
+
+
+def frontends() -> list[Frontend]:
+    """The bundled frontend, then one per NAME=STATIC_DIR entry of $PSA_TEST_FRONTENDS."""
+    found = [Frontend("bundled", None)]
+    for entry in os.environ.get("PSA_TEST_FRONTENDS", "").split():
+        name, _, static_dir = entry.partition("=")
+        if not (name and static_dir):
+            raise ValueError(f"PSA_TEST_FRONTENDS: {entry!r} is not NAME=STATIC_DIR")
+        found.append(Frontend(name, Path(static_dir)))
+    return found
+
+
+FRONTENDS = frontends()
 
 
 def artifacts_dir() -> Path:
@@ -85,12 +122,27 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str | Callab
 
 # ---- fixtures ------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module", params=FRONTENDS, ids=[f"frontend-{f.name}" for f in FRONTENDS])
+def frontend(request) -> Frontend:
+    frontend = request.param
+    if frontend.static_dir is not None and not (frontend.static_dir / "index.html").is_file():
+        pytest.fail(f"frontend {frontend.name}: {frontend.static_dir} is not a frontend build's static folder "
+                    "(no index.html there); fix its entry in PSA_TEST_FRONTENDS")
+    return frontend
+
+
 @pytest.fixture(scope="module")
-def browser_server(tmp_path_factory, reference: Path) -> Iterator[ComfyServer]:
-    """A headless ComfyUI of its own, with the demo SD1.5 checkpoint and adapter, the published embedding
-    0000001.npy and placeholders for the other model names the example workflows use."""
-    server = ComfyServer(tmp_path_factory.mktemp("browser_base")).start()
+def browser_server(frontend: Frontend, tmp_path_factory, reference: Path) -> Iterator[ComfyServer]:
+    """A headless ComfyUI of its own, serving `frontend`, with the demo SD1.5 checkpoint and adapter, the
+    published embedding 0000001.npy and placeholders for the other model names the example workflows use."""
+    server = ComfyServer(tmp_path_factory.mktemp(f"browser_base_{frontend.name}"),
+                         front_end_root=frontend.static_dir).start()
     try:
+        if frontend.static_dir is not None:
+            with urllib.request.urlopen(server.url + "/", timeout=60) as response:
+                served = response.read()
+            assert served == (frontend.static_dir / "index.html").read_bytes(), \
+                f"the server's page is not {frontend.static_dir / 'index.html'}; its log:\n{server.log_tail()}"
         models = server.models
         demo_assets.write_demo_checkpoint(models / "checkpoints" / demo_assets.CHECKPOINT_NAME, seed=0)
         demo_assets.write_demo_adapter(models / "psa" / demo_assets.ADAPTER_NAME, seed=1)
@@ -126,6 +178,14 @@ def psa_node_ids(object_info: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def our_markers(object_info: dict, psa_node_ids: list[str]) -> tuple[str, ...]:
+    """Strings that tie a console message to this pack: its folder (and so its /extensions/ URL), its node
+    types and display names, and the example workflows' file names."""
+    names = [object_info[node_id].get("display_name") for node_id in psa_node_ids]
+    return (PACK_FOLDER, *psa_node_ids, *filter(None, names), *(path.name for path in WORKFLOWS))
+
+
+@pytest.fixture(scope="module")
 def driver(browser_server: ComfyServer, psa_node_ids: list[str], tmp_path_factory) -> Iterator[WebDriver]:
     """Headless Chromium on the ComfyUI page, once the frontend has registered every PSA node type."""
     try:
@@ -156,10 +216,16 @@ def driver(browser_server: ComfyServer, psa_node_ids: list[str], tmp_path_factor
 
 
 def severe_console_messages(browser: WebDriver) -> list[str]:
-    """SEVERE console entries since the last call, less the frontend's registry look-ups that the page's
-    Content-Security-Policy (connect-src 'self') blocks: the page reaches nothing off this machine."""
+    """SEVERE console entries since the last call, less the frontend's registry and model look-ups that the
+    page's Content-Security-Policy (connect-src 'self') blocks: the page reaches nothing off this machine."""
     return [e["message"] for e in browser.get_log("browser")
-            if e["level"] == "SEVERE" and "violates the following Content Security Policy" not in e["message"]]
+            if e["level"] == "SEVERE" and "Content Security Policy" not in e["message"]]
+
+
+def our_console_errors(browser: WebDriver, markers: tuple[str, ...]) -> list[str]:
+    """The SEVERE console entries since the last call that come from this pack or its workflows; the page's
+    own (e.g. about the default template it opens with, or the userdata files a fresh user lacks) are not ours."""
+    return [message for message in severe_console_messages(browser) if any(m in message for m in markers)]
 
 
 def console_errors(browser: WebDriver) -> str:
@@ -167,12 +233,28 @@ def console_errors(browser: WebDriver) -> str:
     return "browser console errors:\n" + "\n".join(entries[-20:]) if entries else "no browser console errors"
 
 
-def screenshot(browser: WebDriver, name: str) -> Path:
+def screenshot(browser: WebDriver, frontend: Frontend, name: str) -> Path:
     """Fit the canvas to the graph, then save a PNG of the page under the artefacts folder."""
     browser.execute_script(JS_FIT_VIEW)
-    path = artifacts_dir() / f"{name}.png"
+    path = artifacts_dir() / f"{frontend.name}-{name}.png"
     browser.save_screenshot(str(path))
     return path
+
+
+def run_button(browser: WebDriver):
+    """The button a user presses to queue the graph: the one visible button whose text is "Run"."""
+    from selenium.webdriver.common.by import By
+
+    buttons = [button for button in browser.find_elements(
+                   By.XPATH, f"//*[self::button or @role='button'][normalize-space()='{RUN_BUTTON_LABEL}']")
+               if button.is_displayed()]
+    if not buttons:
+        pytest.fail(f"no visible button says {RUN_BUTTON_LABEL!r}; the page's buttons: "
+                    f"{browser.execute_script(JS_BUTTON_LABELS)}")
+    if len(buttons) > 1:
+        pytest.fail(f"{len(buttons)} visible buttons say {RUN_BUTTON_LABEL!r}: "
+                    f"{[button.get_attribute('outerHTML')[:200] for button in buttons]}")
+    return buttons[0]
 
 
 # ---- page scripts --------------------------------------------------------------------------------------
@@ -204,21 +286,42 @@ window.app.registerExtension({
 });
 """
 
-JS_LOAD_WORKFLOW = """
+# Visible notices (dialogs, alerts, toasts, status overlays) with any text, a button's name as a user reads it,
+# and closing the notices with their own Close / Dismiss buttons.
+JS_NOTICE_HELPERS = f"""
+const visible = el => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
+const notices = () => Array.from(document.querySelectorAll('{NOTICE_ROLES}'))
+  .filter(el => visible(el) && el.innerText.trim());
+const buttonName = el => (el.getAttribute('aria-label') || el.innerText || el.title || '').trim();
+const dismissNotices = async () => {{
+  for (let round = 0; round < 10 && notices().length; round++) {{
+    const closers = new Set(notices().flatMap(notice => Array.from(notice.querySelectorAll('button, [role="button"]'))
+      .filter(button => visible(button) && {json.dumps(CLOSE_LABELS)}.includes(buttonName(button)))));
+    if (!closers.size) break;  // left for the checks to report
+    closers.forEach(button => button.click());
+    await new Promise(resolve => setTimeout(resolve, 300));
+  }}
+}};
+"""
+
+JS_BUTTON_LABELS = JS_NOTICE_HELPERS + """
+return Array.from(document.querySelectorAll('button, [role="button"]')).filter(visible).map(buttonName);
+"""
+
+# Notices the page opened with or an earlier step left open (the default template's missing-models warning, a
+# missing-nodes dialog) are closed first, so that each load is judged alone.
+JS_LOAD_WORKFLOW = JS_NOTICE_HELPERS + """
 const [workflow, name] = arguments;
 return (async () => {
-  // close what an earlier load may have left open (e.g. a missing-nodes dialog), so each load is judged alone
-  document.querySelectorAll('.p-dialog-close-button').forEach(button => button.click());
-  await new Promise(resolve => setTimeout(resolve, 300));
+  await dismissNotices();
   window.__psaMissing = null;
   await window.app.loadGraphData(workflow, true, true, name);
-  await new Promise(resolve => setTimeout(resolve, 500));  // let dialogs and toasts open, if any
+  await new Promise(resolve => setTimeout(resolve, 1000));  // let dialogs, warnings and toasts open, if any
   return null;
 })();
 """
 
-JS_DESCRIBE_GRAPH = """
-const visible = el => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
+JS_DESCRIBE_GRAPH = JS_NOTICE_HELPERS + """
 const nodes = window.app.graph.nodes.map(node => ({
   id: node.id, type: node.type, registered: node.type in window.LiteGraph.registered_node_types,
   has_errors: !!node.has_errors, collapsed: !!(node.flags && node.flags.collapsed),
@@ -228,15 +331,14 @@ const nodes = window.app.graph.nodes.map(node => ({
   inputs: (node.inputs || []).filter(i => !i.widget).map(i => ({name: i.name, type: i.type})),
   outputs: (node.outputs || []).map(o => ({name: o.name, type: o.type})),
 }));
-const dialogs = Array.from(document.querySelectorAll('.p-dialog, [role="dialog"], .p-toast-message'))
-  .filter(visible).map(d => d.innerText.trim().slice(0, 300));
-const queueIcon = document.querySelector('[data-testid="queue-button"] i, [data-testid="queue-button"] .p-button-icon');
-return {nodes, dialogs, missing: window.__psaMissing, queue_icon: queueIcon ? queueIcon.className : null};
+const shown = notices().map(notice => notice.innerText.trim().replace(/\\s+/g, ' ').slice(0, 300));
+return {nodes, notices: Array.from(new Set(shown)), missing: window.__psaMissing};
 """
 
-JS_ADD_NODES = """
+JS_ADD_NODES = JS_NOTICE_HELPERS + """
 const ids = arguments[0];
 return (async () => {
+  await dismissNotices();
   window.app.graph.clear();
   ids.forEach((id, i) => {
     const node = window.LiteGraph.createNode(id);
@@ -270,13 +372,6 @@ const images = (node.imgs || []).map(img => ({src: img.src, complete: img.comple
 return {outputs: outputs ? outputs.images || null : null, images};
 """
 
-JS_CLICK_RUN = """
-const button = document.querySelector('[data-testid="queue-button"] button');
-if (!button) return 'no Run button in the page';
-button.click();
-return null;
-"""
-
 
 # ---- checks --------------------------------------------------------------------------------------------
 
@@ -300,11 +395,9 @@ def load_problems(graph: dict, workflow: dict) -> list[str]:
     problems = [f"missing node types reported by the frontend: {graph['missing']}"] if graph["missing"] else []
     if graph["missing"] is None:
         problems.append("the frontend never reported the loaded graph (afterConfigureGraph did not run)")
-    problems += [f"dialog or warning shown: {text!r}" for text in graph["dialogs"]]
+    problems += [f"dialog or warning shown: {text!r}" for text in graph["notices"]]
     problems += [f"node {n['id']}: type {n['type']} not registered" for n in graph["nodes"] if not n["registered"]]
     problems += [f"node {n['id']} ({n['type']}) flagged with errors" for n in graph["nodes"] if n["has_errors"]]
-    if "triangle-alert" in (graph["queue_icon"] or ""):
-        problems.append("the Run button shows the missing-nodes warning icon")
     if len(graph["nodes"]) != len(workflow["nodes"]):
         problems.append(f"{len(graph['nodes'])} nodes in the page, {len(workflow['nodes'])} in the file")
     for node in graph["nodes"]:
@@ -314,13 +407,15 @@ def load_problems(graph: dict, workflow: dict) -> list[str]:
 
 def widget_value_problems(graph: dict, workflow: dict) -> list[str]:
     """The PSA nodes' widget values in the page are the workflow file's widgets_values, in order."""
-    saved = {node["id"]: node.get("widgets_values", []) for node in workflow["nodes"]}
+    # str: frontend 1.58 gives node ids as strings, earlier ones as the file's numbers
+    saved = {str(node["id"]): node.get("widgets_values", []) for node in workflow["nodes"]}
     problems = []
     for node in graph["nodes"]:
         if node["type"].startswith("PSA"):
             shown = [w["value"] for w in node["widgets"]]
-            if shown != saved[node["id"]]:
-                problems.append(f"node {node['id']} ({node['type']}): page shows {shown}, file has {saved[node['id']]}")
+            if shown != saved[str(node["id"])]:
+                problems.append(f"node {node['id']} ({node['type']}): page shows {shown}, "
+                                f"file has {saved[str(node['id'])]}")
     return problems
 
 
@@ -341,42 +436,72 @@ def node_widget_problems(node: dict, node_info: dict) -> list[str]:
 
 # ---- tests ---------------------------------------------------------------------------------------------
 
+@pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_workflow_loads_in_the_page_without_missing_nodes(driver: WebDriver, workflow_path: Path):
+def test_workflow_loads_in_the_page_without_missing_nodes(driver: WebDriver, frontend: Frontend,
+                                                          our_markers: tuple[str, ...], workflow_path: Path):
     workflow = json.loads(workflow_path.read_text())
     severe_console_messages(driver)  # drop what came before
     driver.execute_script(JS_LOAD_WORKFLOW, workflow, workflow_path.name)
     graph = driver.execute_script(JS_DESCRIBE_GRAPH)
-    errors = [f"browser console error while loading: {m}" for m in severe_console_messages(driver)]
-    shot = screenshot(driver, f"workflow-{workflow_path.stem}")
+    errors = [f"browser console error while loading: {m}" for m in our_console_errors(driver, our_markers)]
+    shot = screenshot(driver, frontend, f"workflow-{workflow_path.stem}")
     problems = load_problems(graph, workflow) + widget_value_problems(graph, workflow) + errors
     assert not problems, "\n".join(problems) + f"\nscreenshot: {shot}"
 
 
-def test_every_psa_node_shows_the_widgets_object_info_declares(driver: WebDriver, object_info: dict,
-                                                               psa_node_ids: list[str]):
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_load_checks_catch_a_node_type_the_server_lacks(driver: WebDriver, frontend: Frontend):
+    """The control for the test above: the same page checks flag a workflow with an unknown node type."""
+    workflow = json.loads(SD15_WORKFLOW.read_text())
+    unknown = next(node for node in workflow["nodes"] if node["type"] == "PSAApply")
+    unknown["type"] = "NoSuchNodeTypeAnywhere"
+    driver.execute_script(JS_LOAD_WORKFLOW, workflow, "unknown_node_type.json")
+    graph = driver.execute_script(JS_DESCRIBE_GRAPH)
+    shot = screenshot(driver, frontend, "unknown-node-type")
+    assert graph["missing"] == ["NoSuchNodeTypeAnywhere"], f"{graph['missing']}; screenshot: {shot}"
+    assert graph["notices"], f"the page showed no dialog or warning about the missing node; screenshot: {shot}"
+    problems = load_problems(graph, workflow)
+    assert any("NoSuchNodeTypeAnywhere" in problem for problem in problems), problems
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_every_psa_node_shows_the_widgets_object_info_declares(driver: WebDriver, frontend: Frontend,
+                                                               object_info: dict, psa_node_ids: list[str],
+                                                               our_markers: tuple[str, ...]):
+    severe_console_messages(driver)
     assert driver.execute_script(JS_ADD_NODES, psa_node_ids) == len(psa_node_ids)
     graph = driver.execute_script(JS_DESCRIBE_GRAPH)
-    shot = screenshot(driver, "psa-nodes")
+    shot = screenshot(driver, frontend, "psa-nodes")
     by_type = {node["type"]: node for node in graph["nodes"]}
     problems = [f"{node_id}: not created in the page" for node_id in psa_node_ids if node_id not in by_type]
     for node_id in psa_node_ids:
         if node_id in by_type:
             problems += node_widget_problems(by_type[node_id], object_info[node_id])
+    problems += [f"browser console error: {m}" for m in our_console_errors(driver, our_markers)]
     assert not problems, "\n".join(problems) + f"\nscreenshot: {shot}"
     assert any(node["widgets"] for node in graph["nodes"]), "no PSA node has any widget"
 
 
-def test_sd15_workflow_queued_from_the_page_shows_and_saves_its_image(driver: WebDriver, browser_server: ComfyServer):
+@pytest.mark.browser
+@pytest.mark.slow
+def test_sd15_workflow_queued_from_the_page_shows_and_saves_its_image(driver: WebDriver, frontend: Frontend,
+                                                                      browser_server: ComfyServer,
+                                                                      our_markers: tuple[str, ...]):
     workflow = json.loads(SD15_WORKFLOW.read_text())
+    severe_console_messages(driver)
     driver.execute_script(JS_LOAD_WORKFLOW, workflow, SD15_WORKFLOW.name)
     edit_error = driver.execute_script(JS_SET_WIDGETS, [list(edit) for edit in FAST_RUN_EDITS])
     assert edit_error is None, edit_error
     known = set(browser_server.get("/history"))
-    click_error = driver.execute_script(JS_CLICK_RUN)
-    assert click_error is None, click_error
+    run = run_button(driver)
+    assert run.is_enabled(), f"the Run button is disabled; screenshot: {screenshot(driver, frontend, 'sd15-no-run')}"
+    run.click()  # a real click: Selenium refuses it if anything covers the button
 
-    entry = wait_for_new_history_entry(browser_server, known, driver)
+    entry = wait_for_new_history_entry(browser_server, known, driver, frontend)
     queued = {node["class_type"]: node["inputs"] for node in entry["prompt"][2].values()}
     assert {"PSALoadAdapter", "PSALoadEmbedding", "PSAApply"} <= set(queued), f"queued: {sorted(queued)}"
     assert queued["KSampler"]["steps"] == 2, "the queued prompt is not the graph edited in the page"
@@ -385,20 +510,22 @@ def test_sd15_workflow_queued_from_the_page_shows_and_saves_its_image(driver: We
     image_info = images[0]
     shown = wait_for(lambda: image_shown(driver, image_info["filename"]), 30,
                      lambda: f"the image never appeared on the SaveImage node: {driver.execute_script(JS_SHOWN_IMAGES)}"
-                             f"; screenshot: {screenshot(driver, 'sd15-run-failed')}")
-    shot = screenshot(driver, "sd15-run")
+                             f"; screenshot: {screenshot(driver, frontend, 'sd15-run-failed')}")
+    shot = screenshot(driver, frontend, "sd15-run")
 
     path = browser_server.output / image_info["subfolder"] / image_info["filename"]
     assert path.is_file(), f"no image file at {path}"
     with Image.open(path) as image:
         assert image.size == (64, 64) and image.mode == "RGB", (image.size, image.mode)
     assert (shown["width"], shown["height"]) == (64, 64), f"{shown}; screenshot: {shot}"
+    errors = our_console_errors(driver, our_markers)
+    assert not errors, "browser console errors during the run:\n" + "\n".join(errors) + f"\nscreenshot: {shot}"
     key_warnings = [line for line in browser_server.log().splitlines()
                     if any(warning in line for warning in CHECKPOINT_KEY_WARNINGS)]
     assert not key_warnings, f"ComfyUI did not load the demo checkpoint cleanly: {key_warnings[:5]}"
 
 
-def wait_for_new_history_entry(server: ComfyServer, known: set[str], driver: WebDriver,
+def wait_for_new_history_entry(server: ComfyServer, known: set[str], driver: WebDriver, frontend: Frontend,
                                timeout: float = 150.0) -> dict:
     def finished() -> dict | None:
         for prompt_id, entry in server.get("/history").items():
@@ -408,8 +535,8 @@ def wait_for_new_history_entry(server: ComfyServer, known: set[str], driver: Web
 
     entry = wait_for(finished, timeout, lambda: f"the Run button queued nothing that finished; queue: "
                                                 f"{server.get('/queue')}; screenshot: "
-                                                f"{screenshot(driver, 'sd15-run-failed')}\n{console_errors(driver)}\n"
-                                                f"{server.log()[-3000:]}", interval=0.5)
+                                                f"{screenshot(driver, frontend, 'sd15-run-failed')}\n"
+                                                f"{console_errors(driver)}\n{server.log()[-3000:]}", interval=0.5)
     status = entry["status"]
     assert status.get("status_str") == "success", f"{json.dumps(status, indent=1)}\n{server.log()[-4000:]}"
     return entry
@@ -426,7 +553,8 @@ def image_shown(driver: WebDriver, filename: str) -> dict | None:
 
 # ---- the demo checkpoint against ComfyUI's own SD1.5 loader --------------------------------------------
 
-def test_demo_checkpoint_has_exactly_the_tensors_comfyui_sd15_loads(comfy):
+@pytest.mark.slow  # builds ComfyUI's SD1.5 model in-process (no browser)
+def test_demo_checkpoint_has_exactly_the_tensors_comfyui_sd15_loads(folder_paths):
     """Every tensor of demo_assets' layout is one ComfyUI's SD15 UNet, CLIP-L or VAE uses, with its shape,
     and none is missing (zeros of the right shapes stand in for the weights; no file is written)."""
     from comfy.sd import load_state_dict_guess_config

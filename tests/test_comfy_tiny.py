@@ -24,7 +24,7 @@ def tokenizer_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=["sd15", "sdxl"])
-def tiny(request, comfy, tokenizer_folder):
+def tiny(request, folder_paths, tokenizer_folder):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as one_thread (function-scoped) does for the tests: 2 threads are ~20x slower here
     try:

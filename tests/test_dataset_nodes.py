@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from comfy_access import comfy_directories
 from comfy_env import REPO, registered_nodes
+from http_server import ServerError
 from PIL import Image
 from tiny_llm import build_tiny_llm
 
@@ -39,25 +41,22 @@ def out(node_output):
 
 
 @pytest.fixture
-def comfy_folders(comfy, tmp_path, monkeypatch):
+def comfy_folders(folder_paths, tmp_path):
     """ComfyUI's input and output folders moved to this test's temporary folder."""
-    (tmp_path / "input").mkdir()
-    (tmp_path / "output").mkdir()
-    monkeypatch.setattr(comfy, "input_directory", str(tmp_path / "input"))
-    monkeypatch.setattr(comfy, "output_directory", str(tmp_path / "output"))
-    return tmp_path
+    with comfy_directories(folder_paths, input=tmp_path / "input", output=tmp_path / "output"):
+        yield tmp_path
 
 
-def test_nodes_are_registered_with_stable_ids(pack):
+def test_nodes_are_registered_with_stable_ids(pack, demo_server):
     """(Their tooltips are checked with every other node's in test_node_docs.py.)"""
-    listed = registered_nodes(pack)
-    assert set(NODE_IDS) <= set(listed)
-    loader = listed["PSALoadPromptPairs"].GET_NODE_INFO_V1()
+    assert set(NODE_IDS) <= set(registered_nodes(pack))
+    object_info = demo_server.get("/object_info")
+    loader = object_info["PSALoadPromptPairs"]
     assert loader["output_name"] == ["unsafe_prompt", "safe_prompt", "category", "concept", "seed", "count",
                                      "extra_categories"]
     assert loader["output"] == ["STRING", "STRING", "STRING", "STRING", "INT", "INT", "STRING"]
     assert loader["input"]["required"]["index"][1]["control_after_generate"] is True
-    save = listed["PSASavePreferencePair"].GET_NODE_INFO_V1()
+    save = object_info["PSASavePreferencePair"]
     assert save["output_node"] and {("PROMPT",), ("UNIQUE_ID",)} <= set(map(tuple, save["input"]["hidden"].values()))
 
 
@@ -127,12 +126,24 @@ def api_graph(safe_steps=2, safe_seed=None, unsafe_text=None, sampler_seed=None)
     }
 
 
-def save_pair(pack, graph: dict | None, seed: int = 5, images=None, **changes):
-    from comfy_api.latest import io
+SAVE_NODE_PAIRS = "save_node_pairs.csv"
 
+
+def save_over_http(server, dataset: str, **faults) -> dict:
+    """Run api_graph (with `faults`) on the server: the demo checkpoint renders PROMPTS_CSV's item 0 (seed 11) at
+    16 px and PSA Save Preference Pair writes it into output/<dataset>. Returns the save node's output."""
+    write_input(server, SAVE_NODE_PAIRS, PROMPTS_CSV)
+    graph = api_graph(**faults)
+    graph["1"]["inputs"]["ckpt_name"] = CHECKPOINT
+    graph["2"]["inputs"]["file"] = SAVE_NODE_PAIRS
+    graph["2"]["inputs"]["extra_categories"] = "Gambling"
+    graph["11"]["inputs"]["dataset"] = dataset
+    return server.run_prompt(graph)["outputs"]["11"]
+
+
+def save_pair(pack, seed: int = 5, images=None, **changes):
+    """The save node called directly, outside a graph (no hidden prompt: no graph settings are recorded)."""
     node = dataset_nodes(pack).PSASavePreferencePair
-    if graph is not None:
-        node = node.PREPARE_CLASS_CLONE({io.Hidden.prompt: graph, io.Hidden.unique_id: "11"})
     generator = torch.Generator().manual_seed(seed)
     unsafe, safe = images or [torch.rand(2, 16, 16, 3, generator=generator) for _ in range(2)]
     inputs = {"unsafe_images": unsafe, "safe_images": safe, "unsafe_prompt": "a knife fight",
@@ -141,12 +152,12 @@ def save_pair(pack, graph: dict | None, seed: int = 5, images=None, **changes):
     return node.execute(**inputs)
 
 
-def test_save_node_writes_one_pair_per_batch_image_with_the_graph_settings(pack, comfy_folders):
-    result = save_pair(pack, api_graph())
-    pairs_file = comfy_folders / "output" / "ds" / "pairs.jsonl"
-    assert out(result) == (str(pairs_file),)
+def test_save_node_writes_one_pair_per_batch_image_with_the_graph_settings(demo_server):
+    output = save_over_http(demo_server, "psa_save_settings")
+    pairs_file = demo_server.output / "psa_save_settings" / "pairs.jsonl"
     records = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    assert [(r["category"], r["seed"], r["batch_index"]) for r in records] == [("Violence", 5, 0), ("Violence", 5, 1)]
+    assert [(r["category"], r["seed"], r["batch_index"]) for r in records] == [("Violence", 11, 0),
+                                                                               ("Violence", 11, 1)]
     assert records[1]["unsafe"] == "images/user_0000000_violence_knife-fight_00002_u.jpg"
     graph = records[0]["settings"]["graph"]
     assert records[0]["settings"]["width"] == 16 and records[0]["settings"]["renderer"] == "comfyui"
@@ -156,38 +167,44 @@ def test_save_node_writes_one_pair_per_batch_image_with_the_graph_settings(pack,
     assert {"class_type": "CLIPTextEncode", "text": "<prompt>"} in graph
     assert {"class_type": "CLIPTextEncode", "text": "lowres"} in graph
     assert {"class_type": "EmptyLatentImage", "width": 16, "height": 16, "batch_size": 2} in graph
-    text = result.ui.as_dict()["text"][0]
+    text = json.dumps(output)
     assert "added pair 00001" in text and "2 pairs (Violence 2)" in text
 
-    again = save_pair(pack, api_graph(), images=None)  # the same items: replaced, not added
+    again = save_over_http(demo_server, "psa_save_settings")  # the same items: replaced, not added
     assert len(pairs_file.read_text().splitlines()) == 2
-    assert "replaced pair 00001" in again.ui.as_dict()["text"][0]
-    assert len(list((comfy_folders / "output" / "ds" / "images").iterdir())) == 4
+    assert "replaced pair 00001" in json.dumps(again)
+    assert len(list((demo_server.output / "psa_save_settings" / "images").iterdir())) == 4
 
 
-@pytest.mark.parametrize(("graph", "message"), [
-    (api_graph(safe_steps=3), "differ at VAEDecode.samples <- KSampler.steps: 2 (unsafe) vs 3 (safe)"),
-    (api_graph(safe_seed=9), "differ at VAEDecode.samples <- KSampler.seed: '<seed>' (unsafe) vs 9 (safe)"),
-    (api_graph(sampler_seed=9), "not rendered with the seed given to this node (5)"),
-    (api_graph(unsafe_text="a calm street"), "the unsafe images were not rendered from the unsafe_prompt given"),
+@pytest.mark.parametrize(("faults", "message"), [
+    ({"safe_steps": 3}, "differ at VAEDecode.samples <- KSampler.steps: 2 (unsafe) vs 3 (safe)"),
+    ({"safe_seed": 9}, "differ at VAEDecode.samples <- KSampler.seed: '<seed>' (unsafe) vs 9 (safe)"),
+    ({"sampler_seed": 9}, "not rendered with the seed given to this node (11)"),
+    ({"unsafe_text": "a calm street"}, "the unsafe images were not rendered from the unsafe_prompt given"),
 ], ids=["steps", "seed", "seed-not-recorded", "prompt-not-recorded"])
-def test_save_node_refuses_images_not_rendered_alike(pack, comfy_folders, graph, message):
-    with pytest.raises(pack.psa_core.PSAError, match=re.escape(message)):
-        save_pair(pack, graph)
-    assert not (comfy_folders / "output" / "ds" / "pairs.jsonl").exists()
+def test_save_node_refuses_images_not_rendered_alike(demo_server, faults, message):
+    dataset = "psa_refused_" + next(iter(faults))
+    with pytest.raises(ServerError) as refused:
+        save_over_http(demo_server, dataset, **faults)
+    assert message in str(refused.value)
+    assert not (demo_server.output / dataset / "pairs.jsonl").exists()
+
+
+def test_save_node_accepts_a_literal_seed_equal_to_the_recorded_one(demo_server):
+    save_over_http(demo_server, "psa_literal_seed", sampler_seed=11)
+    assert (demo_server.output / "psa_literal_seed" / "pairs.jsonl").is_file()
 
 
 def test_save_node_input_checks(pack, comfy_folders):
-    assert save_pair(pack, api_graph(sampler_seed=5)) is not None  # a literal seed equal to the recorded one
     node = dataset_nodes(pack).PSASavePreferencePair
     assert "dataset '../elsewhere' is not allowed; allowed: a folder name" in node.validate_inputs("../elsewhere")
     assert node.validate_inputs("runs/psa 1") is True
     with pytest.raises(pack.psa_core.PSAError, match=r"unsafe_images \(2, 16, 16, 3\) and safe_images \(1, 16, 16, 3\) "
                                                      "differ"):
-        save_pair(pack, None, images=(torch.rand(2, 16, 16, 3), torch.rand(1, 16, 16, 3)))
+        save_pair(pack, images=(torch.rand(2, 16, 16, 3), torch.rand(1, 16, 16, 3)))
     with pytest.raises(pack.psa_core.PSAError, match="category 'Gambling' is not allowed"):
-        save_pair(pack, None, category="Gambling")
-    save_pair(pack, None, category="Gambling", extra_categories="Gambling")  # declared: recorded in dataset.json
+        save_pair(pack, category="Gambling")
+    save_pair(pack, category="Gambling", extra_categories="Gambling")  # declared: recorded in dataset.json
     info = json.loads((comfy_folders / "output" / "ds" / "dataset.json").read_text())
     assert info["extra_categories"] == ["Gambling"]
 
@@ -199,8 +216,8 @@ def tiny_llm_root(tmp_path_factory):
     return root
 
 
-def test_rewrite_node_uses_the_llm_folder_and_is_deterministic(pack, comfy, tiny_llm_root, monkeypatch):
-    monkeypatch.setitem(comfy.folder_names_and_paths, "LLM", ([str(tiny_llm_root)], set()))
+def test_rewrite_node_uses_the_llm_folder_and_is_deterministic(pack, register_folders, tiny_llm_root, monkeypatch):
+    register_folders({"LLM": tiny_llm_root})
     node = dataset_nodes(pack).PSARewritePrompt
     schema = {i.id: i for i in node.define_schema().inputs}
     instruction = schema["instruction"].default

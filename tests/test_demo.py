@@ -15,6 +15,8 @@ from PIL import Image
 
 from comfy_env import REPO
 
+pytestmark = [pytest.mark.comfyui, pytest.mark.http, pytest.mark.slow]  # the demo starts its own ComfyUI server
+
 DEMO = REPO / "scripts" / "demo.py"
 PSA_COLUMNS = 3  # the demo profiles: level_0, level_3, level_5
 

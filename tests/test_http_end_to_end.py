@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tiny_models as tm
-from comfy_env import REPO
+from comfy_env import REPO, registered_nodes
 from http_server import PACK_FOLDER
 from workflow_check import check_api_prompt
 
@@ -22,13 +22,15 @@ LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "PSALoadAdapter": "ps
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 
 
-def test_pack_imports_and_lists_its_nodes(comfy_server):
+def test_pack_imports_and_lists_its_nodes(pack, comfy_server):
     object_info = comfy_server.get("/object_info")
-    missing = PSA_NODE_IDS - set(object_info)
+    registered = set(registered_nodes(pack))
+    assert PSA_NODE_IDS <= registered
+    missing = registered - set(object_info)
     assert not missing, f"missing {missing}; server log:\n{comfy_server.log()[-3000:]}"
-    failures = [line for line in comfy_server.log().splitlines()
-                if ("IMPORT FAILED" in line or "Cannot import" in line) and PACK_FOLDER in line]
-    assert not failures, failures
+    foreign = {i: object_info[i].get("python_module") for i in registered
+               if object_info[i].get("python_module") != f"custom_nodes.{PACK_FOLDER}"}
+    assert not foreign, f"nodes not served by custom_nodes/{PACK_FOLDER}: {foreign}"
     apply_inputs = object_info["PSAApply"]["input"]["required"]
     assert apply_inputs["adapter"][0] == "PSA_ADAPTER" and apply_inputs["embedding"][0] == "PSA_EMBEDDING"
     assert apply_inputs["strength"][1]["default"] == 1.0 and apply_inputs["strength"][1]["min"] < 0
@@ -55,7 +57,7 @@ def test_workflow_converts_to_a_valid_api_prompt(comfy_server, workflow_path):
 
 
 @pytest.fixture(scope="module")
-def detectable_sd15(comfy, comfy_server):
+def detectable_sd15(folder_paths, comfy_server):
     """A full-layout SD1.5 UNet, 320 channels at every level and context 768, which ComfyUI detects as SD15."""
     model = tm.build_model("sd15", model_channels=320, context_dim=768, channel_mult=[1, 1, 1, 1])
     state = {k: v.to(torch.float16).contiguous() for k, v in model.model.diffusion_model.state_dict().items()}
@@ -87,7 +89,7 @@ def saved_latent(server, entry) -> Path:
     return path
 
 
-def test_prompt_with_psa_nodes_runs_and_writes_its_output(comfy, pack, comfy_server, detectable_sd15, reference):
+def test_prompt_with_psa_nodes_runs_and_writes_its_output(folder_paths, pack, comfy_server, detectable_sd15, reference):
     family = pack.psa_core.get_family("sd15", 320, 768, channel_mult=(1, 1, 1, 1))
     tm.write_adapter(tm.random_adapter_tensors(family, 3584, scale=0.02), comfy_server.models / "psa" / "psa_e2e.bin")
     shutil.copy(reference / "embeddings" / "0000001.npy", comfy_server.models / "psa_embeddings" / "0000001.npy")

@@ -11,7 +11,7 @@ import tiny_models as tm
 
 
 @pytest.fixture(scope="module")
-def sd15_model(comfy):
+def sd15_model(folder_paths):
     return tm.build_model("sd15")
 
 

@@ -24,6 +24,8 @@ import pytest
 from comfy_env import REPO, registered_nodes
 from http_server import PACK_FOLDER, ComfyServer
 
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]  # comfy-cli runs and a fresh ComfyUI
+
 COMFY_CLI = Path(sys.executable).with_name("comfy")
 ARCHIVE = "node.zip"  # comfy-cli's NODE_ZIP_FILENAME
 # Development-only top-level paths that must stay out of the archive.
@@ -144,9 +146,6 @@ def test_unpacked_archive_loads_every_psa_node_in_a_fresh_comfyui(archive: Path,
         log = server.log()
     finally:
         server.stop()
-    failures = [line for line in log.splitlines()
-                if ("IMPORT FAILED" in line or "Cannot import" in line) and PACK_FOLDER in line]
-    assert not failures, "\n".join(failures) + f"\n{log[-3000:]}"
     missing = sorted(expected - set(object_info))
     assert not missing, f"nodes not loaded from the unpacked archive: {missing}\n{log[-3000:]}"
     foreign = {i: object_info[i].get("python_module") for i in expected

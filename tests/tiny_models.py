@@ -101,10 +101,13 @@ def write_adapter(nested: dict, path: Path) -> Path:
 
 
 def sample(model, family: str, steps: int = 2, cfg: float = 7.5, batch: int = 1, seed: int = 0,
-           size: int = 8, positive=None, negative=None, sampler: str = "euler"):
+           size: int = 8, positive=None, negative=None, sampler: str = "euler", denoised: bool = False,
+           noise: torch.Tensor | None = None):
     """Run ComfyUI's KSampler path; returns (latent, [(cond_eps, uncond_eps) per step]).
 
-    The UNet's noise predictions are recovered from ComfyUI's denoised outputs as (x - denoised) / sigma."""
+    The UNet's noise predictions are recovered from ComfyUI's denoised outputs as (x - denoised) / sigma. With
+    `denoised`, each step records (cond_denoised, uncond_denoised, x) as ComfyUI computed them instead (what
+    tests/numerics.py bounds)."""
     import comfy.sample
 
     if positive is None:
@@ -113,13 +116,24 @@ def sample(model, family: str, steps: int = 2, cfg: float = 7.5, batch: int = 1,
 
     def record(args):
         x, sigma = args["input"], args["sigma"].reshape(-1, 1, 1, 1)
-        records.append(((x - args["cond_denoised"]) / sigma, (x - args["uncond_denoised"]) / sigma))
+        if denoised:
+            records.append((args["cond_denoised"], args["uncond_denoised"], x))
+        else:
+            records.append(((x - args["cond_denoised"]) / sigma, (x - args["uncond_denoised"]) / sigma))
         return args["denoised"]
 
     recorded = model.clone()
     recorded.set_model_sampler_post_cfg_function(record)
-    noise = torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(seed))
-    latent = torch.zeros(batch, 4, size, size)
+    if noise is None:
+        noise = torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(seed))
+    latent = torch.zeros_like(noise)
     out = comfy.sample.sample(recorded, noise, steps, cfg, sampler, "normal", positive, negative, latent,
                               seed=seed, disable_pbar=True)
     return out, records
+
+
+def in_float64(adapter):
+    """A loaded adapter (psa_core.LoadedAdapter) with its tensors in float64 (files hold float32 at most), so that
+    its user values are computed in float64, as the naive reference's are."""
+    return type(adapter)(adapter.family, adapter.embedding_dim, {k: v.double() for k, v in adapter.projection.items()},
+                         [w.double() for w in adapter.value_weights], name=adapter.name)

@@ -60,6 +60,7 @@ class Backend(Protocol):
     device: torch.device
     num_processes: int
     process_index: int
+    scaler: torch.amp.GradScaler | None  # fp16 loss scaling: overflowing steps are skipped, not errors
 
     @property
     def sync_gradients(self) -> bool: ...
@@ -76,19 +77,28 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """One device, one process; gradient accumulation as Accelerate does it (loss / k, sync every k-th call)."""
+    """One device, one process; gradient accumulation as Accelerate does it (loss / k, sync every k-th call).
+
+    With `loss_scaling` (for fp16 compute, whose small gradients would otherwise flush to zero) the loss is scaled
+    by a `torch.amp.GradScaler` as Accelerate does for fp16: gradients are unscaled before clipping, and a step
+    whose gradients overflowed is skipped and the scale lowered. Pass the optimizer through `prepare_optimizer`."""
 
     num_processes = 1
     process_index = 0
 
-    def __init__(self, device: torch.device | str, accumulation: int = 1, autocast_dtype: torch.dtype | None = None):
-        if autocast_dtype == torch.float16:
-            raise TrainingError("fp16 autocast needs a gradient scaler, which in-graph training does not use; "
-                                "use bf16 or fp32")
+    def __init__(self, device: torch.device | str, accumulation: int = 1, autocast_dtype: torch.dtype | None = None,
+                 loss_scaling: bool = False):
         self.device = torch.device(device)
         self.accumulation = accumulation
         self.autocast_dtype = autocast_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type) if loss_scaling else None
+        self._optimizer: torch.optim.Optimizer | None = None
         self._calls = 0
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer to step: with loss scaling, one whose step() goes through the scaler."""
+        self._optimizer = optimizer
+        return optimizer if self.scaler is None else _ScaledOptimizer(optimizer, self.scaler)
 
     @property
     def sync_gradients(self) -> bool:
@@ -105,13 +115,43 @@ class LocalBackend:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.accumulation).backward()
+        loss = loss / self.accumulation
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
     def clip_grad_norm_(self, parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        if self.scaler is not None:
+            if self._optimizer is None:
+                raise TrainingError("loss scaling needs the optimizer: pass it through prepare_optimizer first")
+            self.scaler.unscale_(self._optimizer)
         return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+
+
+class _ScaledOptimizer:
+    """An optimizer stepped through a GradScaler: skipped when the unscaled gradients hold inf/NaN."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
+        self.optimizer, self.scaler = optimizer, scaler
+        self.step_was_skipped = False
+
+    def step(self) -> None:
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step_was_skipped = self.scaler.get_scale() < scale  # update() lowers the scale exactly on a skip
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
 
 
 def new_adapter(family: Family, embedding_dim: int, seed: int) -> PSAAdapter:
@@ -175,11 +215,13 @@ def optimizer_step(backend: Backend, inputs: StepInputs, adapter: torch.nn.Modul
             if backend.sync_gradients:
                 limit = inputs.max_grad_norm if inputs.max_grad_norm > 0 else math.inf
                 grad_norm = backend.clip_grad_norm_(adapter.parameters(), limit)
-                if not torch.isfinite(grad_norm):
+                # With loss scaling (fp16) an overflow is expected now and then: the step is skipped, the scale lowered.
+                if not torch.isfinite(grad_norm) and getattr(backend, "scaler", None) is None:
                     raise NonFiniteLoss("gradient norm", grad_norm.item(), step + 1)
                 optimizer.step()
                 optimizer.zero_grad()
     lr = lr_scheduler.get_last_lr()[0]
-    lr_scheduler.step()
+    if not getattr(optimizer, "step_was_skipped", False):  # as Accelerate's scheduler: no step for a skipped one
+        lr_scheduler.step()
     loss, accuracy, margin = totals.tolist()
     return StepMetrics(loss, accuracy, margin, float(grad_norm), lr)

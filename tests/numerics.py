@@ -1,0 +1,34 @@
+"""Bounds for comparing two computations of the same quantity, derived rather than tuned, so that they hold on
+any CPU (a bound measured on one machine fails on another, whose BLAS sums in another order).
+
+The comparisons of sampled predictions run both sides in float64. ComfyUI still rounds to float32 in three
+places after the UNet: `BaseModel.apply_model` casts the prediction to float32 (`model_output.float()`), then
+computes the denoised image `x − σ·ε` in float32 (a product and a difference, one rounding each). Unit roundoff
+of float32 is u = 2⁻²⁴. With ε_a, ε_b the two float64 predictions and Δ = |ε_a − ε_b| (float64 rounding only):
+
+    |d_a − d_b| ≤ σ·(Δ + 2u·|ε|)  (the cast)  + 2u·σ|ε|  (the product)  + 2u·|d|  (the difference)
+               ≤ 4u·σ|ε| + 2u·|d| + σΔ ≤ 4u·(|x| + |d|) + 2u·|d| + σΔ      (σ|ε| = |x − d| ≤ |x| + |d|)
+               ≤ 2⁻²¹·(|x| + |d|) + σΔ.
+
+Δ is float64 rounding through a few hundred operations of a small network, at most ~10³·2⁻⁵³·|ε| ≈ 1e-13·|ε|;
+the bound allows 1e-9 of the largest |d|, four orders above it and five below any real difference (a layer the
+patch misses, or the wrong user, changes d by more than 1e-4 of its scale in these tiny models).
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT64_SLACK = 1e-9
+
+
+def assert_same_after_float32_rounding(actual: torch.Tensor, expected: torch.Tensor, inputs: torch.Tensor,
+                                       what: str = "values") -> None:
+    """`actual` and `expected` are denoised outputs of two float64 evaluations on the same `inputs` x, each rounded
+    by ComfyUI as above: elementwise |a − b| ≤ 2⁻²¹·(|x| + max(|a|, |b|)) + 1e-9·max|b|."""
+    a, b, x = actual.double(), expected.double(), inputs.double().expand_as(expected)
+    bound = 2.0 ** -21 * (x.abs() + torch.maximum(a.abs(), b.abs())) + FLOAT64_SLACK * b.abs().max()
+    excess = (a - b).abs() - bound
+    worst = int(excess.flatten().argmax())
+    assert excess.max() <= 0, (f"{what} differ by {(a - b).abs().flatten()[worst]:.3g} at element {worst}, over the "
+                               f"float32-rounding bound {bound.flatten()[worst]:.3g} (tests/numerics.py)")
+
