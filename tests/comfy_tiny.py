@@ -6,7 +6,7 @@ model config → BaseModel → load_model_weights → ModelPatcher; comfy.sd.VAE
 the single-file, LDM-keyed state dict (trainer.synthetic.ldm_state_dict), inside `torch.inference_mode()`
 as ComfyUI's PromptExecutor runs loader nodes, so every weight is an inference tensor (a fresh copy: no
 storage is shared with the diffusers modules). Use the objects inside `torch.inference_mode()` (or
-`no_grad`), as ComfyUI does. ComfyUI must be imported first (tests/comfy_env.py; the `comfy` fixture):
+`no_grad`), as ComfyUI does. ComfyUI must be imported first (tests/comfy_env.py; the `folder_paths` fixture):
 this module imports `comfy` only inside its functions.
 
 What is supplied rather than detected, and why:

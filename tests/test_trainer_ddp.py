@@ -27,7 +27,7 @@ from trainer.synthetic_data import write_pairs, write_profiles
 REPO = Path(__file__).resolve().parents[1]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def flat(path: Path) -> torch.Tensor:

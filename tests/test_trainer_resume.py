@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 12, 3
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def trainer_command(base, tokenizer, pairs, profiles, output, cache, *extra):

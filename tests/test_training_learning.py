@@ -30,7 +30,7 @@ from trainer.evaluation import evaluate_adapter
 from trainer.synthetic import save_single_file, write_tokenizer
 from trainer.synthetic_data import ALLOWS_CATEGORY, BANS_CATEGORY
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def test_adapter_learns_opposite_preferences_per_profile(tmp_path):

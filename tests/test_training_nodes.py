@@ -85,6 +85,7 @@ def tiny_setup(tmp_path_factory):
     return folder, components, tokenizer, pairs, profiles
 
 
+@pytest.mark.slow
 def test_nodes_learn_opposite_preferences_per_profile(pack, folder_paths, tmp_path):
     run = _module(pack, "nodes.training_run")
     model_glue = _module(pack, "nodes.training_model")
@@ -148,6 +149,7 @@ def _update_differences(pack, adapter, reference, seed) -> tuple[float, float]:
     return whole, worst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 @pytest.mark.parametrize("cache_dtype", ["float32", "float16"])
 def test_node_training_equals_the_standalone_trainer(pack, folder_paths, tiny_setup, tmp_path, family, cache_dtype):
