@@ -3,7 +3,11 @@ folder (SAGE names, atomic per-pair writes, replacement instead of duplicates), 
 per-profile labels, and the LLM rewriter's greedy decoding."""
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -257,46 +261,98 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs (not even `finally` cleanup in the writer's own code)."""
 
 
+def dying(monkeypatch, kill_at: int) -> list[str]:
+    """Make the writer's `kill_at`-th file-system step (staging, journal, whole-file replace, rename, removal) die
+    as SIGKILL would, leaving what a kill leaves there (half a file being written, an atomic_write temporary)."""
+    steps: list[str] = []
+
+    def step(name: str) -> None:
+        if len(steps) == kill_at:
+            raise Killed()
+        steps.append(name)
+
+    real_fsynced, real_atomic_write = dataset_module._fsynced, dataset_module.atomic_write
+    real_move, real_remove = dataset_module._move, dataset_module._remove
+
+    def fsynced(write, mode="wb"):
+        def run(path):
+            if len(steps) == kill_at:
+                path.write_bytes(b"\xff\xd8half")
+            step(f"write {path.name}")
+            real_fsynced(write, mode)(path)
+        return run
+
+    def atomic_write(path, write):
+        if len(steps) == kill_at:
+            handle, _ = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+            os.write(handle, b"half")
+            os.close(handle)
+        step(f"replace {path.name}")
+        return real_atomic_write(path, write)
+
+    def move(source, target):
+        step(f"move {target.name}")
+        real_move(source, target)
+
+    def remove(path):
+        step(f"remove {path.name}")
+        real_remove(path)
+
+    for name, patched in (("_fsynced", fsynced), ("atomic_write", atomic_write), ("_move", move),
+                          ("_remove", remove)):
+        monkeypatch.setattr(dataset_module, name, patched)
+    return steps
+
+
 @pytest.mark.parametrize("replacing", [False, True], ids=["new pair", "replacing a pair"])
-def test_a_write_killed_at_any_step_never_leaves_a_half_pair_in_the_metadata(tmp_path, monkeypatch, replacing):
-    """Kill the writer at each of its file writes in turn (leaving the half-written temporary file a kill would
-    leave): the pairs file is always valid JSONL whose pairs are complete, and the next write cleans up."""
-    real_atomic_write = dataset_module.atomic_write
-    steps = 4 if replacing else 3  # (remove the old line,) unsafe image, safe image, pairs file
-    for kill_at in range(steps):
+def test_a_write_killed_at_any_step_never_leaves_a_half_pair_and_the_next_removes_only_what_it_staged(
+        tmp_path, monkeypatch, replacing):
+    """Kill the writer at each of its file-system steps in turn: the pairs file is always valid JSONL whose every
+    pair has both images of one write; the next write removes the killed write's files and nothing else (the
+    user's own images, SAGE-named like the writer's, stay)."""
+    for kill_at in itertools.count():
         folder = tmp_path / f"kill{kill_at}"
         PairDataset(folder).write_pair(item(concept="kept"), image(1), image(2))
         if replacing:
             PairDataset(folder).write_pair(item(), image(3), image(4))
-        calls = []
-
-        def dying_write(path, write, kill_at=kill_at, calls=calls):
-            if len(calls) == kill_at:
-                (path.parent / f".{path.name}.abc123.partial").write_bytes(b"\xff\xd8half")
-                raise Killed()
-            calls.append(path.name)
-            return real_atomic_write(path, write)
-
-        monkeypatch.setattr(dataset_module, "atomic_write", dying_write)
-        with pytest.raises(Killed):
-            PairDataset(folder).write_pair(item(), image(5), image(6))
-        monkeypatch.setattr(dataset_module, "atomic_write", real_atomic_write)
+        theirs = {}
+        for number, name in ((50, "user_0000000_violence_knife-fight_00050_s.jpg"),
+                             (51, "user_0001234_hate_x_00051_u.png")):
+            Image.fromarray(image(number)).save(folder / "images" / name)
+            theirs[name] = (folder / "images" / name).read_bytes()
+        with monkeypatch.context() as patch:
+            steps = dying(patch, kill_at)
+            try:
+                PairDataset(folder).write_pair(item(), image(5), image(6))
+            except Killed:
+                pass
+            else:
+                break
 
         records = check_consistent(folder)  # valid JSONL, every listed image complete
-        if replacing and kill_at == 0:  # killed before the old line went: the old pair, complete and unchanged
-            assert [r["concept"] for r in records] == ["kept", "knife fight"]
-            assert looks_like(folder / records[1]["unsafe"], image(3))
-        else:
-            assert [r["concept"] for r in records] == ["kept"], f"killed at write {kill_at}: {records}"
-        assert any(p.name.endswith(".partial") for p in folder.rglob("*"))
+        assert [r["concept"] for r in records][:1] == ["kept"] and len(records) <= 2, steps
+        if len(records) == 2:
+            old = looks_like(folder / records[1]["unsafe"], image(3))
+            assert old == looks_like(folder / records[1]["safe"], image(4)), f"a half-replaced pair after {steps}"
+            assert old or (looks_like(folder / records[1]["unsafe"], image(5))
+                           and looks_like(folder / records[1]["safe"], image(6)))
 
         PairDataset(folder).write_pair(item(), image(5), image(6))  # the run started again
         records = check_consistent(folder)
         assert [r["concept"] for r in records] == ["kept", "knife fight"]
-        files = sorted(p.name for p in (folder / "images").iterdir())
-        listed = sorted(Path(r[k]).name for r in records for k in ("safe", "unsafe"))
-        assert files == listed, "leftovers of the killed write were not cleaned up"
-        assert not [p for p in folder.rglob("*.partial")]
+        assert looks_like(folder / records[1]["unsafe"], image(5)) and looks_like(folder / records[1]["safe"], image(6))
+        listed = {Path(r[k]).name for r in records for k in ("safe", "unsafe")}
+        assert sorted(p.name for p in (folder / "images").iterdir()) == sorted(listed | set(theirs)), \
+            f"killed after {steps}: the killed write's files were not removed, or other files were"
+        for name, content in theirs.items():
+            assert (folder / "images" / name).read_bytes() == content, f"{name} was changed"
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", "dataset.json", "images", "pairs.jsonl"]
+    kinds = [re.sub(r"[0-9a-f]{32}|\.[a-z0-9_]{8}\.partial|_\d{5}(?=_[su]\.)", "", step) for step in steps]
+    assert kinds == ["write .psa-staged-.u.jpg", "write .psa-staged-.s.jpg", "write .psa-pending-.json",
+                     *(["replace pairs.jsonl", "write .pairs.jsonl"] if replacing else []),
+                     "move user_0000000_violence_knife-fight_u.jpg", "move user_0000000_violence_knife-fight_s.jpg",
+                     "replace pairs.jsonl", "write .pairs.jsonl", "remove .psa-staged-.u.jpg",
+                     "remove .psa-staged-.s.jpg", "remove .psa-pending-.json"], "each step was killed once"
 
 
 def test_labelling_keeps_its_checks_for_pairs_files_written_by_hand(tmp_path):

@@ -84,7 +84,7 @@ def test_config_file_with_flag_overrides(tmp_path):
         parse_train_args(["train", "--config", str(tmp_path / "bad.json")])
     with pytest.raises(TrainingError, match="--base-model is required"):
         parse_train_args(["train", "--data", "d", "--output", "o"])
-    with pytest.raises(TrainingError, match="--caption-dropout must be between 0 and 1"):
+    with pytest.raises(TrainingError, match="--caption-dropout 2.0 is not allowed; allowed: a finite number from 0 to"):
         parse_train_args(["train", "--base-model", "m", "--data", "d", "--output", "o", "--caption-dropout", "2"])
     assert main(["train", "--data", "d", "--output", "o"]) == EXIT_BAD_INPUT
 

@@ -95,5 +95,5 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path, capsys):
     assert (checkpoint / "state.json").is_file()
     command[command.index("--seed") + 1] = "6"
     capsys.readouterr()
-    assert main([*command, "--resume", str(checkpoint)]) == EXIT_BAD_INPUT
+    assert main([*command, "--resume", str(checkpoint), "--overwrite"]) == EXIT_BAD_INPUT
     assert f"cannot resume from {checkpoint.name}: seed changed since the checkpoint" in capsys.readouterr().err

@@ -6,6 +6,7 @@ The config file holds the flags by name (`base-model: model.safetensors`, `steps
 on the command line override it. The base model is a diffusers folder or a single-file .safetensors checkpoint.
 The run writes `<output>/psa_adapter.safetensors` (the project's adapter format, with metadata),
 `train_log.jsonl`, `train_plot.png` and `checkpoints/checkpoint-<step>/` (resume with `--resume latest`).
+Every value is checked before anything loads, and a finished adapter is only replaced with `--overwrite`.
 
 Devices (🤗 Accelerate): CPU or one GPU as above; several GPUs with
     accelerate launch --multi_gpu --num_processes 8 -m trainer train --config run.yaml

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from psa_core.errors import PSAError
+from psa_core.training.loop import NonFiniteLoss
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
@@ -12,7 +13,6 @@ EXIT_NON_FINITE = 3
 
 def main(argv: list[str] | None = None) -> int:
     from .config import parse_train_args
-    from .train import NonFiniteLoss, train
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
             build_data(parse_build_args(argv[1:]))
             return 0
         config = parse_train_args(argv)
+        from .train import train  # after the arguments are checked: it imports diffusers and Accelerate
+
         train(config)
     except NonFiniteLoss as error:
         print(f"psa-trainer: stopped: {error}", file=sys.stderr)

@@ -7,8 +7,10 @@ which pairs and which random numbers a micro-batch uses depends only on its glob
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +39,7 @@ TRAINER_NAME = "psa-trainer 1"
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings a resumed run must share with the checkpoint, or the continuation would not be the same run.
 RESUME_KEYS = ("seed", "batch", "base_model_sha256", "cache_key", "family", "embedding_dim", "beta", "steps")
+RUN_FILES = ("train_log.jsonl", "train_plot.png", SKIPPED_REPORT)  # besides the adapter and checkpoints/
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -60,16 +63,54 @@ def resume_checkpoint(config: TrainConfig, root: Path) -> Path | None:
         if found is None:
             raise TrainingError(f"--resume latest: no complete checkpoint in {root}")
         return found
+    if not Path(config.resume).is_dir():
+        raise TrainingError(f"--resume {config.resume}: no such checkpoint folder; allowed: latest, or a checkpoint "
+                            f"folder such as {root / checkpoints.checkpoint_name(config.checkpoint_every)}")
     return Path(config.resume)
+
+
+def check_run_folder(config: TrainConfig) -> Path | None:
+    """Before any work: --output can be written, nothing there stands where this run writes its files, and a
+    finished adapter is replaced only with --overwrite. Returns the checkpoint to resume from, if any."""
+    output = Path(config.output)
+    existing = next(p for p in (output, *output.parents) if p.exists())
+    if not existing.is_dir():
+        raise TrainingError(f"--output {output}: {existing} is a file; allowed: a folder (created if missing)")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".psa-trainer-write-test-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise TrainingError(f"--output {output}: cannot write in {existing} ({error.strerror or error}); allowed: "
+                            "a folder this user can write to") from None
+    adapter = output / config.output_name
+    for path in (adapter, *(output / name for name in RUN_FILES)):
+        if path.is_dir():
+            raise TrainingError(f"{path} is a folder, and this run writes a file there; move it away, or use "
+                                f"another --output{' or --output-name' if path == adapter else ''}")
+    root = output / "checkpoints"
+    if root.exists() and not root.is_dir():
+        raise TrainingError(f"{root} is a file, and this run keeps its checkpoints there; move it or use another "
+                            "--output")
+    if adapter.exists() and not config.overwrite:
+        raise TrainingError(f"{adapter} is the adapter of a finished run; to replace it pass --overwrite, or train "
+                            "into another --output or --output-name")
+    resume_from = resume_checkpoint(config, root)
+    if resume_from is None and checkpoints.list_checkpoints(root):
+        raise TrainingError(f"{output} already holds checkpoints of another run; continue it with --resume latest, "
+                            "or train into a new --output folder")
+    return resume_from
 
 
 def train(config: TrainConfig) -> Path:
     """Run the training described by `config`; returns the path of the saved adapter."""
     output = Path(config.output)
+    resume_from = check_run_folder(config)
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if main else (lambda text: None)
-    set_seed(config.seed, device_specific=True)
+    # numpy's global generator takes 32-bit seeds; the run's own random numbers all come from derived_seed.
+    set_seed(config.seed % 2**31, device_specific=True)
     world, rank = accelerator.num_processes, accelerator.process_index
 
     # 1. The data: labelled pairs and their users' embeddings.
@@ -110,10 +151,6 @@ def train(config: TrainConfig) -> Path:
                 "family": family.describe(), "embedding_dim": users.dim, "beta": config.beta, "steps": config.steps}
     checkpoint_root = output / "checkpoints"
     start_step, micro_batches = 0, 0
-    resume_from = resume_checkpoint(config, checkpoint_root)
-    if resume_from is None and checkpoints.list_checkpoints(checkpoint_root):
-        raise TrainingError(f"{output} already holds checkpoints of another run; continue it with --resume latest, "
-                            "or train into a new --output folder")
     if resume_from is not None:
         loaded = checkpoints.read_checkpoint(resume_from)
         changed = [k for k in RESUME_KEYS if loaded.state["identity"].get(k) != identity[k]]

@@ -11,12 +11,19 @@ The pairs are not labelled: the trainer labels them per profile (banned category
 allowed → the unsafe image). `0000000` stands for "no user yet".
 
 A pair is identified by its category, concept, both prompts, seed and batch index: writing the same pair again
-replaces it (same number, same line) instead of adding one. Writes are atomic per pair: a replaced pair's line
-is first removed, then both images are written (each to a temporary file moved into place), and only then is
-the line written; `pairs.jsonl` itself is always replaced whole. A process killed at any point leaves a valid
-pairs file whose every line has both of its complete images; files a killed write left behind (temporary files,
-images not in the pairs file) are removed by the next writer. Writers take a lock file, so two processes can
-add to one dataset.
+replaces it (same number, same line) instead of adding one. A new pair gets a number above every number in use,
+in the pairs file or by any image file in `images/` (so a pairs file renamed away, kept as a backup, or images
+put there by hand keep theirs).
+
+Writes are atomic per pair, and a writer only ever removes files it can prove it made. Both images are first
+written under staging names only this writer uses (`images/.psa-staged-<token>.{u|s}.jpg`, a fresh random token
+per pair); a journal (`.psa-pending-<token>.json`) then records the identity (inode, size, time) of each staged
+file and of an old image the pair replaces; a replaced pair's line is removed, the staged images are renamed
+into place and only then is the line written (`pairs.jsonl` is always replaced whole); the journal goes last.
+A process killed at any point leaves a valid pairs file whose every line has both of its complete images. The
+next writer settles what a killed one left: it removes that writer's staged files, and of the files its journal
+names only those that still have the recorded identity and that no line of the pairs file lists; nothing else
+in the folder is ever deleted. Writers take a lock file, so two processes can add to one dataset.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_write
+from ..json_text import json_lines, parse_json
 from ..training.errors import DatasetError
 from ..training.labelling import DATASET_INFO_NAME
 from .prompt_pairs import MAX_SEED, canonical_category, parse_extra_categories, slug
@@ -43,7 +52,13 @@ LOCK_NAME = ".lock"
 UNLABELLED_USER = "0000000"
 FORMAT, VERSION = "psa-unlabelled-pairs", 1
 JPEG_QUALITY = 95
-IMAGE_NAME = re.compile(r"^user_\d{7}_.+_(\d{5,})_[su]\.jpg$")
+IMAGE_NAME = re.compile(r"^user_\d{7}_.+_(\d{5,})_[su]\.jpg$")  # what this writer names its images
+NUMBERED_NAME = re.compile(r"^user_.*_(\d{5,18})_[su]\.\w+$")  # any SAGE image name: its number is in use
+# Names only this writer uses, with its per-pair token, and atomic_write's temporaries (psa_core/atomic.py) of
+# the two files it replaces whole: what a killed writer can leave.
+STAGED_NAME = re.compile(r"^\.psa-staged-([0-9a-f]{32})\.[su]\.jpg$")
+JOURNAL_NAME = re.compile(r"^\.psa-pending-([0-9a-f]{32})\.json$")
+TEMPORARY_NAME = re.compile(r"^\.(?:pairs\.jsonl|dataset\.json)\.[a-z0-9_]{8}\.partial$")
 LABELLING_RULE = ("labelled per profile at training time: a profile that bans the category prefers the safe "
                   "image (_s), one that allows it the unsafe image (_u)")
 
@@ -95,9 +110,18 @@ class WrittenPair:
     replaced: bool
 
 
-def _number(record: Mapping) -> int | None:
-    match = IMAGE_NAME.match(Path(str(record.get("safe", ""))).name)
+def _name_number(name: object) -> int | None:
+    match = NUMBERED_NAME.match(Path(name).name) if isinstance(name, str) else None
     return int(match.group(1)) if match else None
+
+
+def _identity(path: Path) -> list[int] | None:
+    """What tells this very file apart (a rename keeps it; another file with the same name has another)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
 
 
 def _json_form(settings: Mapping) -> dict:
@@ -114,10 +138,11 @@ def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     return image.convert("RGB")
 
 
-def _fsynced(write):
-    """A write(path) for atomic_write that also flushes the file to disk before it is moved into place."""
+def _fsynced(write, mode: str = "wb"):
+    """A write(path) for atomic_write that also flushes the file to disk before it is moved into place
+    (mode "xb": a new file, never one that exists)."""
     def run(path: Path) -> None:
-        with open(path, "wb") as handle:
+        with open(path, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -147,6 +172,18 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _stage_image(path: Path, image: Image.Image) -> None:
+    _fsynced(lambda handle: image.save(handle, format="JPEG", quality=JPEG_QUALITY), "xb")(path)
+
+
+def _move(source: Path, target: Path) -> None:
+    os.replace(source, target)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 class PairDataset:
     """A dataset folder (created on the first write)."""
 
@@ -156,7 +193,6 @@ class PairDataset:
         self.info_path = self.folder / DATASET_INFO_NAME
         self.images = self.folder / IMAGES_DIR
         self._cache: tuple[tuple, list[dict]] | None = None
-        self._cleaned = False
 
     # ---- reading ----
 
@@ -169,18 +205,13 @@ class PairDataset:
         signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if self._cache is None or self._cache[0] != signature:
             records = []
-            with self.pairs_path.open(encoding="utf-8") as handle:
-                for number, text in enumerate(handle, start=1):
-                    if not text.strip():
-                        continue
-                    try:
-                        record = json.loads(text)
-                    except json.JSONDecodeError as error:
-                        raise DatasetError(f"{self.pairs_path} line {number}: not valid JSON ({error.msg}); fix or "
-                                           "remove the line before adding pairs") from None
-                    if not isinstance(record, dict):
-                        raise DatasetError(f"{self.pairs_path} line {number}: expected a JSON object")
-                    records.append(record)
+            for number, record, reason in json_lines(self.pairs_path):
+                if reason is None and not isinstance(record, dict):
+                    reason = "expected a JSON object"
+                if reason:
+                    raise DatasetError(f"{self.pairs_path} line {number}: {reason}; fix or remove the line before "
+                                       "adding pairs")
+                records.append(record)
             self._cache = (signature, records)
         return list(self._cache[1])
 
@@ -188,7 +219,7 @@ class PairDataset:
         if not self.info_path.is_file():
             return {}
         try:
-            data = json.loads(self.info_path.read_text(encoding="utf-8"))
+            data = parse_json(self.info_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise DatasetError(f"{self.info_path}: not valid JSON ({error})") from None
         if not isinstance(data, dict):
@@ -227,27 +258,38 @@ class PairDataset:
                 self._write_info(info, known + new)
             item = PairItem(category, item.concept, item.unsafe_prompt, item.safe_prompt, item.seed, item.batch_index)
             records = self.records()
-            self._remove_leftovers(records)
-            next_number = max((n for r in records if (n := _number(r)) is not None), default=0) + 1
+            self._settle_killed_writes(records)
             position = next((i for i, r in enumerate(records) if (p := PairItem.of_record(r)) and p.key == item.key),
                             None)
-            number = None
-            if position is not None:
-                number = _number(records[position])
-                del records[position]
-                self._write_records(records)  # the old line goes before its images are touched
-            number = number or next_number
-            stem = f"{IMAGES_DIR}/user_{UNLABELLED_USER}_{slug(category)}_{slug(item.concept)}_{number:05d}"
-            for image, suffix in ((unsafe_image, "u"), (safe_image, "s")):
-                atomic_write(self.folder / f"{stem}_{suffix}.jpg",
-                             _fsynced(lambda h, image=image: image.save(h, format="JPEG", quality=JPEG_QUALITY)))
-            record = {"safe": f"{stem}_s.jpg", "unsafe": f"{stem}_u.jpg", "category": category,
+            prefix = f"{IMAGES_DIR}/user_{UNLABELLED_USER}_{slug(category)}_{slug(item.concept)}"
+            number = self._number_of(records[position], prefix) if position is not None else None
+            number = number or self._next_number(records)
+            finals = {side: f"{prefix}_{number:05d}_{side}.jpg" for side in "us"}
+            record = {"safe": finals["s"], "unsafe": finals["u"], "category": category,
                       "caption": item.unsafe_prompt, "concept": item.concept, "safe_prompt": item.safe_prompt,
                       "seed": item.seed, "batch_index": item.batch_index}
             if settings is not None:
                 record["settings"] = _json_form(settings)
+
+            token = secrets.token_hex(16)
+            staged = {side: self.images / f".psa-staged-{token}.{side}.jpg" for side in "us"}
+            for side, picture in (("u", unsafe_image), ("s", safe_image)):
+                _stage_image(staged[side], picture)
+            # The journal names every file this write may leave unlisted if killed: its staged images (under
+            # their final names once moved) and, when replacing, the old images it moves over.
+            owned = [[finals[side], _identity(staged[side])] for side in "us"]
+            if position is not None:
+                owned += [[finals[side], found] for side in "us" if (found := _identity(self.folder / finals[side]))]
+            journal = json.dumps({"format": "psa-pending-pair", "owned": owned}).encode()
+            _fsynced(lambda handle: handle.write(journal), "xb")(self._journal(token))
+            if position is not None:
+                del records[position]
+                self._write_records(records)  # the old line goes before its images are touched
+            for side in "us":
+                _move(staged[side], self.folder / finals[side])
             records.insert(len(records) if position is None else position, record)
             self._write_records(records)
+            self._settle(token, records)
         return WrittenPair(number, record["safe"], record["unsafe"], position is not None)
 
     def _write_records(self, records: list[dict]) -> None:
@@ -262,18 +304,56 @@ class PairDataset:
         text = json.dumps(info, indent=1, ensure_ascii=False) + "\n"
         atomic_write(self.info_path, _fsynced(lambda handle: handle.write(text.encode("utf-8"))))
 
-    def _remove_leftovers(self, records: list[dict]) -> None:
-        """Temporary files and images of pairs not in the pairs file: what a killed write leaves behind."""
-        if self._cleaned:
-            return
-        referenced = {Path(r[k]).name for r in records for k in ("safe", "unsafe") if isinstance(r.get(k), str)}
+    def _journal(self, token: str) -> Path:
+        return self.folder / f".psa-pending-{token}.json"
+
+    @staticmethod
+    def _number_of(record: Mapping, prefix: str) -> int | None:
+        """The replaced pair's number, when its images carry this writer's names for it (else it gets a new one:
+        only files this writer named are ever written over)."""
+        number = _name_number(record.get("safe"))
+        same = number is not None and all(record.get(key) == f"{prefix}_{number:05d}_{side}.jpg"
+                                          for key, side in (("safe", "s"), ("unsafe", "u")))
+        return number if same else None
+
+    def _next_number(self, records: list[dict]) -> int:
+        """One above every number in use: in the pairs file, or by any image in images/, listed or not."""
+        listed = (_name_number(r.get(key)) for r in records for key in ("safe", "unsafe"))
+        on_disk = (_name_number(entry.name) for entry in os.scandir(self.images))
+        return max((n for n in (*listed, *on_disk) if n is not None), default=0) + 1
+
+    def _settle_killed_writes(self, records: list[dict]) -> None:
+        """Remove what killed writers left: each journal's files (see _settle), staged images whose journal was
+        never written (nothing was moved then), and temporary files of the pairs file and dataset.json."""
+        for entry in os.scandir(self.folder):
+            if (match := JOURNAL_NAME.match(entry.name)) and entry.is_file(follow_symlinks=False):
+                self._settle(match.group(1), records)
         for folder in (self.folder, self.images):
-            for path in folder.iterdir():
-                partial = path.name.startswith(".") and path.name.endswith(".partial")
-                orphan = folder == self.images and IMAGE_NAME.match(path.name) and path.name not in referenced
-                if path.is_file() and (partial or orphan):
-                    path.unlink(missing_ok=True)
-        self._cleaned = True
+            for entry in os.scandir(folder):
+                pattern = STAGED_NAME if folder == self.images else TEMPORARY_NAME
+                if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    _remove(Path(entry.path))
+
+    def _settle(self, token: str, records: list[dict]) -> None:
+        """Finish a write's journal: remove its staged images, and each file it names that still has the recorded
+        identity and that no line lists (the pairs file may have changed since: then nothing listed goes)."""
+        journal = self._journal(token)
+        try:
+            owned = parse_json(journal.read_text(encoding="utf-8")).get("owned", [])
+        except (OSError, ValueError, AttributeError):
+            owned = []  # killed while writing the journal, before anything was moved
+        listed = {os.path.normpath(r[key]) for r in records for key in ("safe", "unsafe")
+                  if isinstance(r.get(key), str)}
+        for entry in owned if isinstance(owned, list) else []:
+            name, identity = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+            if (not isinstance(name, str) or Path(name).parent != Path(IMAGES_DIR)
+                    or not IMAGE_NAME.match(Path(name).name) or os.path.normpath(name) in listed):
+                continue
+            if identity is not None and _identity(self.folder / name) == identity:
+                _remove(self.folder / name)
+        for side in "us":
+            _remove(self.images / f".psa-staged-{token}.{side}.jpg")
+        _remove(journal)
 
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}

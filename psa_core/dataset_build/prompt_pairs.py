@@ -13,12 +13,12 @@ before anything is rendered.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..json_text import json_lines
 from ..profile import CATEGORIES
 from ..training.errors import DatasetError
 from ..training.records import Problems
@@ -137,7 +137,7 @@ def _check_item(data: object, number: int, extras: tuple[str, ...]) -> tuple[Pro
                       seed, number), []
 
 
-def _csv_rows(path: Path, problems: Problems) -> Iterable[tuple[int, object]]:
+def _csv_rows(path: Path, problems: Problems) -> Iterable[tuple[int, object, str | None]]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() if isinstance(h, str) else h for h in (reader.fieldnames or [])]
@@ -152,23 +152,13 @@ def _csv_rows(path: Path, problems: Problems) -> Iterable[tuple[int, object]]:
         for row in reader:
             extra = row.pop(None, None)
             if extra is not None:
-                yield reader.line_num, (f"{len(extra)} more field(s) than the {len(header)} columns of the header "
-                                        "(quote text that contains commas)")
+                yield reader.line_num, None, (f"{len(extra)} more field(s) than the {len(header)} columns of the "
+                                              "header (quote text that contains commas)")
             elif any(value is None for value in row.values()):
                 absent = [k for k, v in row.items() if v is None]
-                yield reader.line_num, f"too few fields: no value for {absent}"
+                yield reader.line_num, None, f"too few fields: no value for {absent}"
             else:
-                yield reader.line_num, row
-
-
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, object]]:
-    with path.open(encoding="utf-8-sig") as handle:
-        for number, text in enumerate(handle, start=1):
-            if text.strip():
-                try:
-                    yield number, json.loads(text)
-                except json.JSONDecodeError as error:
-                    yield number, f"not valid JSON ({error.msg} at column {error.colno})"
+                yield reader.line_num, row, None
 
 
 @dataclass(frozen=True)
@@ -205,14 +195,15 @@ def read_prompt_pairs(path: str | Path, extra_categories: str | Iterable[str] | 
     items: list[PromptPair] = []
     seen: dict[tuple, int] = {}
     try:
-        rows = list(_csv_rows(path, problems) if path.suffix.lower() == ".csv" else _jsonl_rows(path))
+        rows = list(_csv_rows(path, problems) if path.suffix.lower() == ".csv"
+                    else json_lines(path, first_line_encoding="utf-8-sig"))
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path.name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except csv.Error as error:
         raise DatasetError(f"{path.name}: not a readable CSV file ({error})") from None
-    for number, data in rows:
-        if isinstance(data, str):
-            problems.bad_line(number, data)
+    for number, data, reason in rows:
+        if reason:
+            problems.bad_line(number, reason)
             continue
         item, reasons = _check_item(data, number, extras)
         if reasons:

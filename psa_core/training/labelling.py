@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..json_text import json_lines, parse_json
 from ..profile import (
     CATEGORIES,
     ProfileError,
@@ -58,7 +59,7 @@ def read_extra_categories(pairs_path: Path) -> tuple[str, ...]:
     if not info.is_file():
         return ()
     try:
-        data = json.loads(info.read_text(encoding="utf-8"))
+        data = parse_json(info.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{info}: not valid JSON ({error})") from None
     extras = data.get("extra_categories", []) if isinstance(data, dict) else None
@@ -106,20 +107,16 @@ def _rows(path: Path) -> Iterable[tuple[int, object | None, str | None]]:
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            missing = [f for f in PAIR_FIELDS if f not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(f"{path.name}: missing columns {missing}; expected: {', '.join(PAIR_FIELDS)}")
-            for row in reader:
-                yield reader.line_num, dict(row), None
-        return
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
             try:
-                yield number, json.loads(text), None
-            except json.JSONDecodeError as error:
-                yield number, None, f"not valid JSON ({error.msg} at column {error.colno})"
+                missing = [f for f in PAIR_FIELDS if f not in (reader.fieldnames or [])]
+                if missing:
+                    raise DatasetError(f"{path.name}: missing columns {missing}; expected: {', '.join(PAIR_FIELDS)}")
+                for row in reader:
+                    yield reader.line_num, dict(row), None
+            except (UnicodeDecodeError, csv.Error) as error:
+                raise DatasetError(f"{path.name} line {reader.line_num + 1}: not readable CSV text ({error})") from None
+        return
+    yield from json_lines(path)
 
 
 def read_unlabelled_pairs(path: str | Path, skip_invalid: bool = False, extra_categories: Sequence[str] = ()
@@ -167,16 +164,13 @@ def read_profiles(path: str | Path, user_ids: Sequence[str] = ()) -> list[UserPr
         return [table[u] for u in wanted]
     if path.suffix.lower() == ".jsonl":
         objects = []
-        with path.open(encoding="utf-8") as handle:
-            for number, text in enumerate(handle, start=1):
-                if text.strip():
-                    try:
-                        objects.append((number, json.loads(text)))
-                    except json.JSONDecodeError as error:
-                        raise DatasetError(f"{path.name} line {number}: not valid JSON ({error.msg})") from None
+        for number, data, reason in json_lines(path):
+            if reason:
+                raise DatasetError(f"{path.name} line {number}: {reason}")
+            objects.append((number, data))
     elif path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise DatasetError(f"{path.name}: not valid JSON ({error.msg} at line {error.lineno})") from None
         data = data.get("profiles", data) if isinstance(data, dict) else data

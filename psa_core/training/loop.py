@@ -43,6 +43,7 @@ class TrainingDefaults:
 
 DEFAULTS = TrainingDefaults()
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' native training sizes
+MAX_SEED = 2**63 - 1  # every random number of a run comes from derived_seed(seed, ...), which takes any of these
 
 
 class NonFiniteLoss(TrainingError):

@@ -7,10 +7,10 @@ with `skip_invalid=True` the offending lines are left out and the report is retu
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
+from ..json_text import json_lines
 from ..profile import CATEGORIES
 from .records import (
     SKIPPED_REPORT,
@@ -45,11 +45,7 @@ def sage_name_info(name: str) -> tuple[str | None, bool | None]:
     return _CATEGORY_LOOKUP.get(match.group(2).lower()), match.group(3) == "s"
 
 
-def _parse_line(text: str) -> tuple[dict | None, str | None]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        return None, f"not valid JSON ({error.msg} at column {error.colno})"
+def _check_line(data: object) -> tuple[dict | None, str | None]:
     if not isinstance(data, dict):
         return None, f"expected a JSON object, found {type(data).__name__}"
     problems = []
@@ -83,18 +79,16 @@ def read_sage(root: str | Path, skip_invalid: bool = False) -> LabelledData:
     root = metadata.parent
     problems = Problems(metadata.name)
     candidates: list[tuple[int, dict]] = []
-    with metadata.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            data, reason = _parse_line(text)
-            if reason:
-                problems.bad_line(number, reason)
-                continue
-            for key in ("chosen", "rejected"):
-                if not (root / data[key]).is_file():
-                    problems.missing_file(data[key], number)
-            candidates.append((number, data))
+    for number, data, reason in json_lines(metadata):
+        if reason is None:
+            data, reason = _check_line(data)
+        if reason:
+            problems.bad_line(number, reason)
+            continue
+        for key in ("chosen", "rejected"):
+            if not (root / data[key]).is_file():
+                problems.missing_file(data[key], number)
+        candidates.append((number, data))
     if problems and not skip_invalid:
         problems.raise_if_any("fix these lines or images, or pass --skip-invalid to leave them out (the trainer "
                               f"then lists them in {SKIPPED_REPORT} in its output folder)")
