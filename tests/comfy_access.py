@@ -47,7 +47,11 @@ def comfy_directories(folder_paths: ModuleType, input: Path | None = None, outpu
             setter(previous)
 
 
-def attn2_output_patches(model) -> list:
-    """The attn2 output patches attached to a ModelPatcher, in the order they run (ComfyUI keeps what
-    `set_model_attn2_output_patch` adds in model_options; there is no getter)."""
-    return list(model.model_options.get("transformer_options", {}).get("patches", {}).get("attn2_output_patch", []))
+def attn2_output_patches(model_or_options) -> list:
+    """The attn2 output patches attached to a ModelPatcher, or in the `transformer_options` a model function wrapper
+    receives (`args["c"]["transformer_options"]`: the objects this very call uses; ComfyUI 0.3.x deep-copies
+    model_options on every clone), in the order they run. ComfyUI keeps what `set_model_attn2_output_patch` adds
+    there; there is no getter."""
+    options = getattr(model_or_options, "model_options", {}).get("transformer_options", {}) \
+        if hasattr(model_or_options, "model_options") else model_or_options
+    return list(options.get("patches", {}).get("attn2_output_patch", []))

@@ -42,6 +42,11 @@ class NaiveReferenceProcessor:
         self.to_k_user, self.to_v_user = to_k_user.double(), to_v_user.double()
         self.cond_tokens, self.null_token, self.scale = cond_tokens, null_token, scale
 
+    def __deepcopy__(self, memo: dict) -> "NaiveReferenceProcessor":
+        # ComfyUI 0.3.x deep-copies model_options on every clone: one processor serves every clone, so that a
+        # test changing `scale` changes it in the model being sampled too.
+        return self
+
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
         base = naive_attention(q.double(), k.double(), v.double(), heads)

@@ -36,15 +36,18 @@ def compare_on_the_same_latents(model, psa_patch, naive_processors, family_name,
     calls = []
 
     def evaluate(apply_model, args, psa_on: bool, naive_scale: float):
-        psa_patch.enabled = psa_on
+        (live,) = [p for p in attn2_output_patches(args["c"]["transformer_options"]) if isinstance(p, type(psa_patch))]
+        live.enabled = psa_on  # the patch object of this call: ComfyUI 0.3.x copies it on every clone
         for processor in naive_processors:
             processor.scale = naive_scale
-        return apply_model(args["input"], args["timestep"], **args["c"])
+        try:
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        finally:
+            live.enabled = True
 
     def wrapper(apply_model, args):
         outputs = {"ours": evaluate(apply_model, args, True, 0.0), "naive": evaluate(apply_model, args, False, 1.0),
                    "plain": evaluate(apply_model, args, False, 0.0)}
-        psa_patch.enabled = True
         calls.append((args["input"], args["timestep"], args["cond_or_uncond"], outputs))
         return outputs["ours"]
 
