@@ -1,0 +1,56 @@
+"""JSON text from users and data files, parsed with limits that end in the pack's own error.
+
+Python's parser raises `RecursionError` on deep nesting and a bare `ValueError` on integers of more than
+`sys.get_int_max_str_digits()` digits; both, and nesting deeper than the pack ever needs, become `JSONTextError`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .errors import PSAError
+
+MAX_DEPTH = 64
+
+
+class JSONTextError(PSAError):
+    """Text that is not JSON the pack reads. `msg`, `lineno` and `colno` as in `json.JSONDecodeError`
+    (the position is None where the parser gives none)."""
+
+    def __init__(self, msg: str, lineno: int | None = None, colno: int | None = None):
+        self.msg, self.lineno, self.colno = msg, lineno, colno
+        super().__init__(f"{msg} at line {lineno} column {colno}" if lineno else msg)
+
+    def in_line(self) -> str:
+        """The problem of one line of a JSON-lines file, e.g. `not valid JSON (Expecting value at column 5)`."""
+        return f"not valid JSON ({self.msg}{f' at column {self.colno}' if self.colno else ''})"
+
+
+def _deeper_than(data: object, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> object:
+    """`json.loads(text)`, refusing nesting deeper than `max_depth` arrays/objects and over-long integers."""
+    too_deep = f"arrays/objects nested more than {max_depth} levels deep"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise JSONTextError(error.msg, error.lineno, error.colno) from None
+    except UnicodeDecodeError:
+        raise JSONTextError("not UTF-8 text") from None
+    except RecursionError:
+        raise JSONTextError(too_deep) from None
+    except ValueError as error:  # Python's limit on integer digits (int_max_str_digits)
+        raise JSONTextError(f"an integer of more than {sys.get_int_max_str_digits()} digits" if "digits" in str(error)
+                            else str(error)) from None
+    if _deeper_than(data, max_depth):
+        raise JSONTextError(too_deep)
+    return data
