@@ -16,6 +16,7 @@ from torch import nn
 
 from ..psa_core import CompatibilityError, LoadedAdapter, UserEmbedding, get_family
 from ..psa_core.families import ComfyKey, Family
+from ..psa_core.numbers import check_number
 
 # Weight paths: input_blocks.<id>.<slot>..., output_blocks.<id>.<slot>..., but middle_block.<slot>... whose
 # block key is ("middle", 0) — the slot number is not the block id (IPAdapter_plus's never-firing middle patch).
@@ -182,6 +183,7 @@ def check_model_family(model, family: Family, what: str = "the adapter") -> dict
 def apply_psa(model, adapter: LoadedAdapter, embedding: UserEmbedding, strength: float,
               start_percent: float = 0.0, end_percent: float = 1.0):
     """A clone of `model` (a ModelPatcher) with the PSA patch attached. The input model is not changed."""
+    check_number(strength, "strength")  # a linked value skips validation; NaN or inf would blacken every image
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise CompatibilityError(f"start_percent {start_percent} and end_percent {end_percent} must satisfy "
                                  "0 ≤ start_percent ≤ end_percent ≤ 1")

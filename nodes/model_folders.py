@@ -1,7 +1,7 @@
-"""ComfyUI model folders of the pack: `models/psa/` (adapters) and `models/psa_embeddings/`.
+"""ComfyUI model folders of the pack: `models/psa/` (adapters), `models/psa_embeddings/` and `models/LLM/`.
 
-Paths already registered under these names (from extra_model_paths.yaml, keys `psa:` and
-`psa_embeddings:`) are kept; the default folder under ComfyUI's models directory is added.
+Paths already registered under these names (from extra_model_paths.yaml, keys `psa:`, `psa_embeddings:` and
+`LLM:`) are kept; the default folder under ComfyUI's models directory is added.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import folder_paths
 
 ADAPTERS = "psa"
 EMBEDDINGS = "psa_embeddings"
+LLMS = "LLM"  # Hugging Face model folders for the profile encoder and the prompt rewriter
 EMBEDDING_EXTENSIONS = {".npy", ".safetensors", ".sft"}
 
 
@@ -25,6 +26,7 @@ def _register(name: str, extensions: set[str]) -> None:
 def register_model_folders() -> None:
     _register(ADAPTERS, set(folder_paths.supported_pt_extensions))
     _register(EMBEDDINGS, EMBEDDING_EXTENSIONS)
+    folder_paths.add_model_folder_path(LLMS, os.path.join(folder_paths.models_dir, LLMS))
 
 
 def default_folder(name: str) -> str:

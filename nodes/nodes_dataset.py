@@ -22,9 +22,12 @@ from ..psa_core.dataset_build import (PAIRS_NAME, PairDataset, PairItem, PromptP
                                       read_prompt_pairs)
 from ..psa_core.dataset_build.prompt_pairs import MAX_SEED, SUFFIXES
 from ..psa_core.encoders import DTYPE_CHOICES
-from ..psa_core.errors import PSAError
+from ..psa_core.errors import InputError, shown
+from ..psa_core.paths import candidates
 from ..psa_core.training.errors import DatasetError
-from .nodes_profile import DEVICES, LLM_FOLDER, _after_release, _before_load, _resolve, _search_roots
+from .checked_node import CheckedNode, about
+from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE, WriteName, input_folder, output_folder
+from .nodes_profile import DEVICES, _after_release, _before_load
 
 CATEGORY = "PSA/dataset"
 DEFAULT_DATASET = "psa_dataset"
@@ -42,11 +45,11 @@ def _prompt_files() -> list[str]:
 
 
 def _prompt_file_path(file: str) -> Path:
-    folder = Path(folder_paths.get_input_directory()).resolve()
-    path = (folder / file).resolve()
+    folder = input_folder()
+    allowed = f"a .csv or .jsonl file directly in ComfyUI's input folder ({folder})"
+    (path,) = candidates(file, "file", [folder], allowed)
     if path.parent != folder:
-        raise DatasetError(f"file {file!r} is not allowed; allowed: a .csv or .jsonl file directly in ComfyUI's "
-                           f"input folder ({folder})")
+        raise InputError(f"file {shown(file)} is not allowed (in a sub-folder); allowed: {allowed}")
     return path
 
 
@@ -61,7 +64,7 @@ def load_prompt_pairs(file: str, extra_categories: str) -> PromptPairs:
     return _parsed[key]
 
 
-class PSALoadPromptPairs(io.ComfyNode):
+class PSALoadPromptPairs(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -99,22 +102,19 @@ class PSALoadPromptPairs(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file: str | None = None, index: int | None = None,
-                        extra_categories: str | None = None) -> bool | str:
-        # Naming these inputs here turns off ComfyUI's own checks for them, so all are checked here. A linked
-        # input arrives as None; the file is then checked when the node runs.
-        if index is not None and not 0 <= index <= MAX_INDEX:
-            return f"index {index} is not allowed; allowed: 0 to {MAX_INDEX}"
-        try:
-            if extra_categories is not None:
+    def check_inputs(cls, file: str | None, index: int | None, extra_categories: str | None) -> None:
+        # The file is read here to report its bad lines before anything runs; a linked input is checked at run time.
+        if extra_categories is not None:
+            with about("extra_categories"):
                 parse_extra_categories(extra_categories)
-            if file is not None and extra_categories is not None:
-                pairs = load_prompt_pairs(file, extra_categories)
-                if index is not None:
-                    pairs.item(index)
-        except (PSAError, OSError) as error:
-            return str(error)
-        return True
+        if file is not None and extra_categories is not None:
+            try:
+                with about("file"):
+                    pairs = load_prompt_pairs(file, extra_categories)
+            except OSError as error:
+                raise DatasetError(f"file {shown(file)} cannot be read ({error.strerror})") from None
+            if index is not None:
+                pairs.item(index)
 
     @classmethod
     def fingerprint_inputs(cls, file: str, index: int, base_seed: int, extra_categories: str) -> str:
@@ -243,13 +243,7 @@ def rendered_settings(prompt: dict | None, node_id: str | None, seed: int) -> li
     return _flatten(graphs["unsafe"])
 
 
-def _dataset_folder(dataset: str) -> Path:
-    output = Path(folder_paths.get_output_directory()).resolve()
-    text = dataset.strip()
-    if not text or os.path.isabs(text) or ".." in Path(text).parts:
-        raise DatasetError(f"dataset {dataset!r} is not allowed; allowed: a folder name (subfolders with '/') "
-                           f"inside ComfyUI's output folder ({output})")
-    return output / text
+DATASET_FOLDER = WriteName("dataset folder name", output_folder, "ComfyUI's output folder", subfolders=True)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -257,7 +251,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * images.cpu().float().numpy(), 0, 255).astype(np.uint8)
 
 
-class PSASavePreferencePair(io.ComfyNode):
+class PSASavePreferencePair(CheckedNode):
+    PATH_INPUTS = {"dataset": DATASET_FOLDER}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -293,15 +289,6 @@ class PSASavePreferencePair(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset: str | None = None) -> bool | str:
-        if dataset is not None:
-            try:
-                _dataset_folder(dataset)
-            except DatasetError as error:
-                return str(error)
-        return True
-
-    @classmethod
     def fingerprint_inputs(cls, **_) -> float:
         return float("nan")  # always write: the folder may have changed since the last run
 
@@ -316,7 +303,7 @@ class PSASavePreferencePair(io.ComfyNode):
         settings = {"renderer": "comfyui", "width": int(unsafe_images.shape[2]), "height": int(unsafe_images.shape[1])}
         if graph is not None:
             settings["graph"] = graph
-        target = PairDataset(_dataset_folder(dataset))
+        target = PairDataset(DATASET_FOLDER.path(dataset, "dataset"))
         written = []
         for batch_index, (unsafe, safe) in enumerate(zip(to_uint8(unsafe_images), to_uint8(safe_images))):
             item = PairItem(category, concept.strip(), unsafe_prompt.strip(), safe_prompt.strip(), seed, batch_index)
@@ -326,8 +313,9 @@ class PSASavePreferencePair(io.ComfyNode):
         lines.append(f"{target.folder}: {sum(target.summary().values())} pairs ({counts})")
         return io.NodeOutput(str(target.folder / PAIRS_NAME), ui=ui.PreviewText("\n".join(lines)))
 
+class PSARewritePrompt(CheckedNode):
+    PATH_INPUTS = {"llm": LLM_FOLDER}
 
-class PSARewritePrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         from ..psa_core.dataset_build.rewrite import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TOKENS
@@ -342,7 +330,7 @@ class PSARewritePrompt(io.ComfyNode):
             inputs=[
                 io.String.Input("prompt", multiline=True, default="", tooltip="The unsafe prompt to rewrite."),
                 io.String.Input("llm", default="Qwen2.5-7B-Instruct",
-                                tooltip="The LLM folder: a folder name under models/LLM/ or an absolute path."),
+                                tooltip=f"The LLM folder: a folder name under models/LLM/ ({OUTSIDE_RULE})."),
                 io.String.Input("instruction", multiline=True, default=DEFAULT_INSTRUCTION,
                                 tooltip="What the LLM is asked: <<PROMPT>> (required) is the unsafe prompt; "
                                         "<<CATEGORY>> and <<CONCEPT>> the optional inputs below."),
@@ -362,15 +350,12 @@ class PSARewritePrompt(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, instruction: str | None = None) -> bool | str:
-        from ..psa_core.dataset_build.rewrite import RewriteError, check_instruction
+    def check_inputs(cls, instruction: str | None) -> None:
+        from ..psa_core.dataset_build.rewrite import check_instruction
 
-        try:
-            if instruction is not None:
+        if instruction is not None:
+            with about("instruction"):
                 check_instruction(instruction)
-        except RewriteError as error:
-            return str(error)
-        return True
 
     @classmethod
     def execute(cls, prompt: str, llm: str, instruction: str, max_new_tokens: int, precision: str, device: str,
@@ -379,11 +364,10 @@ class PSARewritePrompt(io.ComfyNode):
 
         from ..psa_core.dataset_build.rewrite import PromptRewriter
 
-        model_dir = _resolve(llm, _search_roots(LLM_FOLDER), "LLM folder", want_dir=True)
+        model_dir = LLM_FOLDER.find(llm, "llm")
         rewriter = PromptRewriter(model_dir, instruction, dtype=precision, max_new_tokens=max_new_tokens,
                                   device=mm.get_torch_device() if device == "auto" else torch.device("cpu"),
                                   before_load=_before_load, after_release=_after_release)
         return io.NodeOutput(rewriter.rewrite([prompt], [category], [concept])[0])
-
 
 NODES = [PSALoadPromptPairs, PSASavePreferencePair, PSARewritePrompt]

@@ -7,11 +7,16 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..psa_core import check_embedding_fits, load_adapter, load_embedding
+from ..psa_core.errors import InputError
 from .attention_patch import apply_psa
+from .checked_node import CheckedNode
+from .comfy_paths import ReadPath, model_folders
 from .model_folders import ADAPTERS, EMBEDDINGS
 from .psa_types import PSAAdapterType, PSAEmbeddingType
 
 CATEGORY = "PSA"
+ADAPTER_FILE = ReadPath("adapter file", model_folders(ADAPTERS), "models/psa/")
+EMBEDDING_FILE = ReadPath("embedding file", model_folders(EMBEDDINGS), "models/psa_embeddings/")
 
 
 def _file_fingerprint(folder: str, name: str) -> str:
@@ -22,7 +27,7 @@ def _file_fingerprint(folder: str, name: str) -> str:
     return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-class PSALoadAdapter(io.ComfyNode):
+class PSALoadAdapter(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -45,10 +50,10 @@ class PSALoadAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_adapter(folder_paths.get_full_path_or_raise(ADAPTERS, adapter_name)))
+        return io.NodeOutput(load_adapter(ADAPTER_FILE.find(adapter_name, "adapter_name")))
 
 
-class PSALoadEmbedding(io.ComfyNode):
+class PSALoadEmbedding(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -69,10 +74,10 @@ class PSALoadEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, embedding_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_embedding(folder_paths.get_full_path_or_raise(EMBEDDINGS, embedding_name)))
+        return io.NodeOutput(load_embedding(EMBEDDING_FILE.find(embedding_name, "embedding_name")))
 
 
-class PSAApply(io.ComfyNode):
+class PSAApply(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -98,10 +103,9 @@ class PSAApply(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent: float = 0.0, end_percent: float = 1.0, **_) -> bool | str:
-        if start_percent > end_percent:
-            return f"start_percent ({start_percent}) must not be larger than end_percent ({end_percent})"
-        return True
+    def check_inputs(cls, start_percent: float | None, end_percent: float | None) -> None:
+        if start_percent is not None and end_percent is not None and start_percent > end_percent:
+            raise InputError(f"start_percent ({start_percent}) must not be larger than end_percent ({end_percent})")
 
     @classmethod
     def execute(cls, model, adapter, embedding, strength: float, start_percent: float,

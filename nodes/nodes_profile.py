@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json as _json
 import os
-import re
 from pathlib import Path
 
 import folder_paths
@@ -20,10 +19,10 @@ from ..psa_core.encoders import (
     ENCODER_CHOICES,
     LLM,
     EmbeddingCache,
-    EncoderError,
     encode_profiles,
     make_encoder,
 )
+from ..psa_core.errors import shown
 from ..psa_core.profile import (
     AGE_GROUPS,
     CATEGORIES,
@@ -40,7 +39,9 @@ from ..psa_core.profile import (
     profile_from_dict,
     profile_from_json,
 )
-from .model_folders import ADAPTERS, EMBEDDINGS, default_folder
+from .checked_node import CheckedNode, about
+from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE, TEMPLATE_FILE, WriteName, model_write_folder
+from .model_folders import EMBEDDINGS
 from .psa_types import PSAEmbeddingType
 
 CATEGORY = "PSA/profile"
@@ -55,9 +56,9 @@ MISSING_BANS_ERROR = "error"
 TOGGLE_NAMES = {category: "ban_" + category.lower().replace("-", "_") for category in CATEGORIES}
 DEVICES = ("auto", "cpu")
 MAX_BATCH_INPUTS = 8
-LLM_FOLDER = "LLM"
 CACHE_ENV = "PSA_EMBEDDING_CACHE"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]*")
+EMBEDDING_SUFFIX = ".safetensors"
+EMBEDDING_NAME = WriteName("file name", model_write_folder(EMBEDDINGS), "models/psa_embeddings/")
 
 
 def _preset_tooltip() -> str:
@@ -72,7 +73,7 @@ def _profile_outputs() -> list:
                                                                   "column names, sorted lists).")]
 
 
-class PSAUserProfile(io.ComfyNode):
+class PSAUserProfile(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         toggles = [io.Boolean.Input(name, default=False, tooltip=f"Ban {category} content for this user "
@@ -113,29 +114,20 @@ class PSAUserProfile(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, preset: str | None = None, age: int | None = None,
-                        age_group: str | None = None) -> bool | str:
-        # Naming these inputs here turns off ComfyUI's own checks for them, so all are checked here.
-        if preset is not None and preset != CUSTOM and preset not in PRESETS:
-            return f"preset {preset!r} is not allowed; allowed: {', '.join([CUSTOM, *PRESETS])}"
-        if preset not in (None, CUSTOM):
-            return True
-        try:
-            if age is not None:
-                profile_from_dict({"Age": age, "Gender": GENDERS[0], "Religion": "None",
-                                   "Physical_Condition": "healthy", "Mental_Condition": "healthy",
-                                   "Banned_Categories": [], **({} if age_group in (None, AUTO) else
-                                                               {"Age_Group": age_group})})
-            elif age_group not in (None, AUTO) and age_group not in AGE_GROUPS:
-                return f"age_group {age_group!r} is not allowed; allowed: {', '.join([AUTO, *AGE_GROUPS])}"
-        except ProfileError as error:
-            return str(error)
-        return True
+    def check_inputs(cls, preset: str | None, age: int | None, age_group: str | None) -> None:
+        if preset not in (None, CUSTOM) or age is None or age_group in (None, AUTO):
+            return  # a preset ignores the widgets; the schema already checked each of them
+        with about("age_group"):
+            profile_from_dict({"Age": age, "Age_Group": age_group, "Gender": GENDERS[0], "Religion": "None",
+                               "Physical_Condition": "healthy", "Mental_Condition": "healthy",
+                               "Banned_Categories": []})
 
     @classmethod
     def execute(cls, preset: str, age: int, age_group: str, gender: str, religion: str, physical_condition: str,
                 mental_condition: str, banned_from: str, **toggles: bool) -> io.NodeOutput:
         if preset != CUSTOM:
+            if preset not in PRESETS:  # a linked combo is not checked at validation
+                raise ProfileError(f"preset {shown(preset)} is not allowed; allowed: {', '.join([CUSTOM, *PRESETS])}")
             profile = PRESETS[preset]
         else:
             fields = {"Age": age, "Age_Group": age_group_for(age) if age_group == AUTO else age_group,
@@ -149,7 +141,7 @@ class PSAUserProfile(io.ComfyNode):
         return io.NodeOutput(profile, profile.canonical_json())
 
 
-class PSAProfileFromJSON(io.ComfyNode):
+class PSAProfileFromJSON(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         example = EVALUATION_USERS["level_3"].to_dict()
@@ -173,39 +165,15 @@ class PSAProfileFromJSON(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, json: str | None = None, missing_bans: str | None = None) -> bool | str:
-        # Naming these inputs here turns off ComfyUI's own checks for them, so both are checked here.
-        if missing_bans not in (None, MISSING_BANS_ERROR, BAN_RULES):
-            return f"missing_bans {missing_bans!r} is not allowed; allowed: {MISSING_BANS_ERROR}, {BAN_RULES}"
-        if json is None:
-            return True
-        try:
-            profile_from_json(json, suggest_missing_bans=missing_bans != MISSING_BANS_ERROR)
-        except ProfileError as error:
-            return str(error)
-        return True
+    def check_inputs(cls, json: str | None, missing_bans: str | None) -> None:
+        if json is not None:
+            with about("json"):  # a linked missing_bans (None) is taken leniently
+                profile_from_json(json, suggest_missing_bans=missing_bans != MISSING_BANS_ERROR)
 
     @classmethod
     def execute(cls, json: str, missing_bans: str) -> io.NodeOutput:
         profile = profile_from_json(json, suggest_missing_bans=missing_bans == BAN_RULES)
         return io.NodeOutput(profile, profile.canonical_json())
-
-
-def _search_roots(name: str) -> list[Path]:
-    if name in folder_paths.folder_names_and_paths:
-        return [Path(p) for p in folder_paths.get_folder_paths(name)]
-    return [Path(folder_paths.models_dir) / name]
-
-
-def _resolve(value: str, roots: list[Path], what: str, want_dir: bool) -> Path:
-    text = value.strip()
-    if not text:
-        raise EncoderError(f"{what} is empty; give a name under {', '.join(map(str, roots))} or an absolute path")
-    candidates = [Path(text)] if os.path.isabs(text) else [root / text for root in roots]
-    for candidate in candidates:
-        if candidate.is_dir() if want_dir else candidate.is_file():
-            return candidate
-    raise EncoderError(f"{what} {text!r} not found; looked in: {', '.join(str(c) for c in candidates)}")
 
 
 def cache_dir() -> Path:
@@ -224,7 +192,9 @@ def _after_release() -> None:
     mm.soft_empty_cache()
 
 
-class PSAEncodeProfile(io.ComfyNode):
+class PSAEncodeProfile(CheckedNode):
+    PATH_INPUTS = {"llm": LLM_FOLDER, "template": TEMPLATE_FILE}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -241,11 +211,12 @@ class PSAEncodeProfile(io.ComfyNode):
                                        "deterministic 33-value vector of the profile, no model."),
                 io.String.Input("llm", default="Qwen2.5-7B-Instruct",
                                 tooltip="The LLM folder (config.json, tokenizer, weights): a folder name under "
-                                        "models/LLM/ or an absolute path. Loaded from local files only; used "
-                                        "by the llm encoder only."),
+                                        f"models/LLM/ ({OUTSIDE_RULE}). Loaded from local files only; used by the "
+                                        "llm encoder only."),
                 io.String.Input("template", default="get_embeds.txt",
-                                tooltip="The prompt template file: a name under models/psa/ or models/LLM/, or an "
-                                        "absolute path. The published adapters need the reference get_embeds.txt."),
+                                tooltip=f"The prompt template file: a name under models/psa/ or models/LLM/ "
+                                        f"({OUTSIDE_RULE}). The published adapters need the reference "
+                                        "get_embeds.txt."),
                 io.Combo.Input("precision", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="LLM precision. 'auto' uses the checkpoint's dtype (bf16 for Qwen2.5, as "
                                        "the reference did); other precisions give slightly different embeddings."),
@@ -267,9 +238,8 @@ class PSAEncodeProfile(io.ComfyNode):
         if encoder == LLM:
             import comfy.model_management as mm
 
-            model_dir = _resolve(llm, _search_roots(LLM_FOLDER), "LLM folder", want_dir=True)
-            template_path = _resolve(template, _search_roots(ADAPTERS) + _search_roots(LLM_FOLDER),
-                                     "template file", want_dir=False)
+            model_dir = LLM_FOLDER.find(llm, "llm")
+            template_path = TEMPLATE_FILE.find(template, "template")
             options = {"model_dir": model_dir, "template_path": template_path, "dtype": precision,
                        "device": mm.get_torch_device() if device == "auto" else torch.device("cpu"),
                        "before_load": _before_load, "after_release": _after_release}
@@ -278,8 +248,9 @@ class PSAEncodeProfile(io.ComfyNode):
         cache = EmbeddingCache(cache_dir()) if use_cache and encoder == LLM else None
         return io.NodeOutput(encode_profiles(profile_encoder, [profile], cache))
 
+class PSASaveEmbedding(CheckedNode):
+    PATH_INPUTS = {"filename": EMBEDDING_NAME}
 
-class PSASaveEmbedding(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -299,33 +270,16 @@ class PSASaveEmbedding(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename: str | None = None) -> bool | str:
-        if filename is None:
-            return True
-        try:
-            _safe_filename(filename)
-        except ProfileError as error:
-            return str(error)
-        return True
-
-    @classmethod
     def execute(cls, embedding: UserEmbedding, filename: str) -> io.NodeOutput:
-        path = save_embedding(embedding, Path(default_folder(EMBEDDINGS)) / _safe_filename(filename))
+        name = filename.strip()
+        if name.lower().endswith(EMBEDDING_SUFFIX):
+            name = name[: -len(EMBEDDING_SUFFIX)]
+        path = EMBEDDING_NAME.path(name, "filename")
+        path = save_embedding(embedding, path.with_name(path.name + EMBEDDING_SUFFIX))
         return io.NodeOutput(ui=ui.PreviewText(f"saved {embedding.count} x {embedding.dim} embedding "
                                                f"({embedding.encoder or 'unknown encoder'}) to {path}"))
 
-
-def _safe_filename(filename: str) -> str:
-    name = filename.strip()
-    if name.lower().endswith(".safetensors"):
-        name = name[: -len(".safetensors")]
-    if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
-        raise ProfileError(f"filename {filename!r} is not allowed; allowed: a plain name of letters, digits, '.', "
-                           "'_', '-' and spaces, starting with a letter or digit (no folders)")
-    return name + ".safetensors"
-
-
-class PSAEmbeddingBatch(io.ComfyNode):
+class PSAEmbeddingBatch(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         inputs = [PSAEmbeddingType.Input("embedding_1", tooltip="Profile for item 1 of the sampler batch.")]

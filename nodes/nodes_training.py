@@ -7,7 +7,6 @@ to PSA Apply; PSA Save Adapter writes it where PSA Load Adapter lists it.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import folder_paths
@@ -18,37 +17,26 @@ from comfy_api.latest import io
 from ..psa_core import LoadedAdapter, save_adapter
 from ..psa_core.adapter_file import SAVE_DTYPES
 from ..psa_core.encoders.structured import STRUCTURED_ENCODER
-from ..psa_core.training.errors import DatasetError
+from ..psa_core.paths import outside_paths_allowed
 from ..psa_core.training.inputs import DATA_FORMATS, read_training_data
 from ..psa_core.training.loss import DEFAULT_BETA
-from ..psa_core.training.loop import DEFAULTS
+from ..psa_core.training.loop import DEFAULTS, MAX_SEED
 from ..psa_core.training.report import render_history
 from ..psa_core.training.split import SPLITS, split_records
+from .checked_node import CheckedNode
+from .comfy_paths import (OUTSIDE_RULE, ReadPath, WriteName, model_folders, model_write_folder,
+                          output_then_input)
 from .model_folders import ADAPTERS, EMBEDDINGS, default_folder
 from .psa_types import PSAAdapterType, PSADatasetType
 from .training_run import PRECISIONS, PSADataset, TrainingSettings, train_in_graph
 
 CATEGORY = "PSA/training"
 FOLDER_PREFIX = "folder: "
-_SAFE_PREFIX = re.compile(r"[A-Za-z0-9_\-. ]+(/[A-Za-z0-9_\-. ]+)*")
-
-
-def resolve_data_path(text: str, what: str) -> Path:
-    """An absolute path, or one relative to ComfyUI's output folder (where PSA Save Preference Pair writes) or
-    its input folder."""
-    text = text.strip()
-    if not text:
-        raise DatasetError(f"{what} is empty; give a folder or file path (absolute, or relative to ComfyUI's "
-                           "output or input folder)")
-    path = Path(text).expanduser()
-    if path.is_absolute():
-        candidates = [path]
-    else:
-        candidates = [Path(folder_paths.get_output_directory()) / path, Path(folder_paths.get_input_directory()) / path]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise DatasetError(f"{what} not found: {text!r}; looked in {', '.join(str(c) for c in candidates)}")
+DATA_WHERE = "ComfyUI's output folder (then its input folder)"
+DATA_PATH = ReadPath("dataset", output_then_input, DATA_WHERE, kind="file or folder")
+PROFILES_PATH = ReadPath("profiles file", output_then_input, DATA_WHERE, optional=True)
+EMBEDDINGS_FOLDER = ReadPath("embedding folder", model_folders(EMBEDDINGS), "models/psa_embeddings/", kind="folder")
+ADAPTER_PREFIX = WriteName("file name prefix", model_write_folder(ADAPTERS), "models/psa/", subfolders=True)
 
 
 def embedding_sources() -> list[str]:
@@ -61,15 +49,12 @@ def embedding_sources() -> list[str]:
 
 
 def _embeddings_folder(source: str) -> str:
-    name = source[len(FOLDER_PREFIX):]
-    for root in folder_paths.get_folder_paths(EMBEDDINGS):
-        if os.path.isdir(os.path.join(root, name)):
-            return os.path.join(root, name)
-    raise DatasetError(f"embedding folder {name!r} not found in {', '.join(folder_paths.get_folder_paths(EMBEDDINGS))}; "
-                       f"allowed: {', '.join(embedding_sources())}")
+    return str(EMBEDDINGS_FOLDER.find(source[len(FOLDER_PREFIX):], "embedding_source"))
 
 
-class PSALoadSageDataset(io.ComfyNode):
+class PSALoadSageDataset(CheckedNode):
+    PATH_INPUTS = {"path": DATA_PATH, "profiles": PROFILES_PATH}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -82,8 +67,9 @@ class PSALoadSageDataset(io.ComfyNode):
                         "profiles file labels once per profile. Every problem is reported with its line number.",
             inputs=[
                 io.String.Input("path", default="psa_dataset/pairs.jsonl",
-                                tooltip="A SAGE folder, its metadata.jsonl, or a pairs file: absolute, or relative to "
-                                        "ComfyUI's output folder (then its input folder)."),
+                                tooltip="A SAGE folder, its metadata.jsonl, or a pairs file, relative to ComfyUI's "
+                                        f"output folder (then its input folder; {OUTSIDE_RULE}). Its image names "
+                                        "must stay inside its folder."),
                 io.String.Input("profiles", default="",
                                 tooltip="users.csv, .json or .jsonl of profiles: required for a pairs file (each pair "
                                         "is labelled per profile: the safe image wins where the profile bans the "
@@ -110,15 +96,15 @@ class PSALoadSageDataset(io.ComfyNode):
     @classmethod
     def execute(cls, path: str, profiles: str, format: str, split: str, held_out_percent: int, resolution: int,
                 limit: int) -> io.NodeOutput:
-        source = resolve_data_path(path, "dataset path")
-        profiles_path = str(resolve_data_path(profiles, "profiles file")) if profiles.strip() else None
-        data = read_training_data(source, format, profiles_path)
+        source = DATA_PATH.find(path, "path")
+        profiles_file = PROFILES_PATH.find(profiles, "profiles")
+        profiles_path = str(profiles_file) if profiles_file else None
+        data = read_training_data(source, format, profiles_path, contained=not outside_paths_allowed())
         data = split_records(data, split, held_out_percent, limit)
         description = f"{source} ({split}, {len(data.records)} labelled pairs)"
         return io.NodeOutput(PSADataset(data, profiles_path, resolution, description))
 
-
-class PSATrainAdapter(io.ComfyNode):
+class PSATrainAdapter(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -148,7 +134,7 @@ class PSATrainAdapter(io.ComfyNode):
                              tooltip="Micro-batches per optimizer step (more pairs per step, same memory)."),
                 io.Float.Input("beta", default=DEFAULT_BETA, min=1.0, max=1e6, step=100.0,
                                tooltip="DPO beta: how strongly the preference is enforced (PSAlign: 5000)."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Adapter initialisation, pair order and noise. Same seed and data: same adapter. "
                                      "Change it to train again."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
@@ -183,10 +169,7 @@ class PSATrainAdapter(io.ComfyNode):
 
 
 def _next_adapter_path(prefix: str) -> Path:
-    if not _SAFE_PREFIX.fullmatch(prefix) or any(part in ("..", ".") for part in prefix.split("/")):
-        raise DatasetError(f"filename_prefix {prefix!r} is not allowed; use letters, digits, '_', '-', '.', spaces "
-                           "and '/' for sub-folders of models/psa/ (no '..')")
-    target = Path(default_folder(ADAPTERS)) / prefix
+    target = ADAPTER_PREFIX.path(prefix, "filename_prefix")
     target.parent.mkdir(parents=True, exist_ok=True)
     taken = {p.name for p in target.parent.glob(f"{target.name}_*.safetensors")}
     counter = 1
@@ -195,7 +178,9 @@ def _next_adapter_path(prefix: str) -> Path:
     return target.parent / f"{target.name}_{counter:05d}.safetensors"
 
 
-class PSASaveAdapter(io.ComfyNode):
+class PSASaveAdapter(CheckedNode):
+    PATH_INPUTS = {"filename_prefix": ADAPTER_PREFIX}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -219,10 +204,9 @@ class PSASaveAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter: LoadedAdapter, filename_prefix: str, dtype: str) -> io.NodeOutput:
-        path = _next_adapter_path(filename_prefix.strip())
+        path = _next_adapter_path(filename_prefix)
         save_adapter(adapter, path, SAVE_DTYPES[dtype])
         name = path.relative_to(default_folder(ADAPTERS)).as_posix()
         return io.NodeOutput(name, ui={"text": [f"saved models/psa/{name}"]})
-
 
 NODES = [PSALoadSageDataset, PSATrainAdapter, PSASaveAdapter]

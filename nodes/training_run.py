@@ -25,6 +25,7 @@ import folder_paths
 from ..psa_core import LoadedAdapter, PSAError, get_family
 from ..psa_core.adapter import PSAAdapter
 from ..psa_core.families import Family
+from ..psa_core.numbers import check_number
 from ..psa_core.training.batches import AssemblyOptions, CachedPairs, PairOrder
 from ..psa_core.training.cache import CacheSettings, open_or_build_cache
 from ..psa_core.training.embeddings import build_user_table
@@ -74,6 +75,11 @@ class TrainingSettings:
     hflip: bool = DEFAULTS.hflip
     caption_dropout: float = DEFAULTS.caption_dropout
     cache_dtype: str = DEFAULTS.cache_dtype
+
+    def __post_init__(self) -> None:
+        # Widgets were checked by validation; linked values arrive here unchecked, and a NaN lr or beta trains NaN.
+        check_number(self.lr, "lr", low=0.0)
+        check_number(self.beta, "beta", low=0.0)
 
     @property
     def warmup_steps(self) -> int:

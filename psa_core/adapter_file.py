@@ -186,6 +186,12 @@ def _check_layout(path: Path, source: _TensorSource) -> tuple[Family, int]:
     return family, proj_shape[1]
 
 
+def _check_finite(path: Path, key: str, tensor: torch.Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        raise AdapterFileError(f"{path.name}: tensor {key} contains NaN or infinite values, which would turn every "
+                               "image black; the file is damaged or was saved from a diverged training run")
+
+
 def open_adapter_source(path: str | Path) -> _TensorSource:
     path = Path(path)
     if not path.is_file():
@@ -205,6 +211,11 @@ def load_adapter(path: str | Path) -> LoadedAdapter:
     family, embedding_dim = _check_layout(path, source)
     projection_keys = [flat_key("user_proj", k) for k in PROJECTION_KEYS]
     projection = {name: t.float().clone() for name, t in zip(PROJECTION_KEYS, source.read(projection_keys))}
+    for key, tensor in zip(projection_keys, projection.values()):
+        _check_finite(path, key, tensor)
+    value_keys = [value_key(i) for i in range(family.num_layers)]
+    for key, tensor in zip(value_keys, source.read(value_keys)):  # one pass, one layer in memory at a time
+        _check_finite(path, key, tensor)
     metadata = source.metadata
     encoder = metadata.get("psa.encoder") or (REFERENCE_ENCODER if embedding_dim == REFERENCE_EMBEDDING_DIM else None)
     return LoadedAdapter(family, embedding_dim, projection, _FileValueWeights(path, source, family.num_layers),

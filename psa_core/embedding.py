@@ -66,9 +66,10 @@ def _as_rows(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     if tensor.ndim != 2 or tensor.shape[1] == 0 or tensor.shape[0] == 0:
         raise EmbeddingFileError(f"{name}: embedding has shape {tuple(array.shape)}; expected (E,), (N, E) or "
                                  "(N, 1, E), e.g. (3584,) for the published Qwen2.5-7B embeddings")
-    if not torch.isfinite(tensor).all():
-        raise EmbeddingFileError(f"{name}: embedding contains NaN or infinite values")
-    return tensor.float().contiguous()
+    rows = tensor.float().contiguous()
+    if not torch.isfinite(rows).all():  # after the cast: a float64 1e300 is finite only before it
+        raise EmbeddingFileError(f"{name}: embedding contains NaN or infinite values (as float32, the dtype PSA uses)")
+    return rows
 
 
 def load_embedding(path: str | Path) -> UserEmbedding:

@@ -1,10 +1,9 @@
-"""JSON from files the user gives: the two ways `json.loads` fails other than with a JSONDecodeError.
+"""JSON text from users and data files, parsed with limits that end in the pack's own error.
 
-Nesting deeper than Python's recursion limit raises RecursionError, and an integer of more digits than Python
-converts (`sys.get_int_max_str_digits()`, 4300 by default) raises a plain ValueError. `parse_json` raises both as
-`json.JSONDecodeError`, with the position of the offending part, so every reader reports them as it reports any
-other invalid JSON: naming its file and line. `json_lines` reads a JSONL file so, one reason per bad line (UTF-8
-errors included).
+Python's parser raises `RecursionError` on deep nesting and a bare `ValueError` on integers of more than
+`sys.get_int_max_str_digits()` digits; both, and nesting deeper than the pack ever needs, become `JSONTextError`.
+`json_lines` reads a JSONL file so, one reason per bad line (UTF-8 errors included), for readers that report every
+bad line with its number.
 """
 from __future__ import annotations
 
@@ -13,51 +12,52 @@ import os
 import sys
 from collections.abc import Iterator
 
+from .errors import PSAError
 
-def _offending_position(text: str) -> tuple[int, int, int]:
-    """(position of the deepest nesting, its depth, position of the first over-long integer or -1), read outside
-    JSON strings."""
-    limit = getattr(sys, "get_int_max_str_digits", lambda: 0)()  # no limit before Python 3.10.7
-    depth = deepest = deepest_at = 0
-    long_number, run_start = -1, None
-    in_string = escaped = False
-    for index, char in enumerate(text):
-        if in_string:
-            in_string = escaped or char != '"'
-            escaped = not escaped and char == "\\"
-            continue
-        if char.isdigit():
-            run_start = index if run_start is None else run_start
-            if limit and long_number < 0 and index - run_start + 1 > limit:
-                long_number = run_start
-            continue
-        run_start = None
-        if char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest, deepest_at = depth, index
-        elif char in "]}":
-            depth -= 1
-    return deepest_at, deepest, long_number
+MAX_DEPTH = 64
 
 
-def parse_json(text: str) -> object:
-    """`json.loads(text)`; too deep nesting and too long integers raise json.JSONDecodeError as well."""
+class JSONTextError(PSAError):
+    """Text that is not JSON the pack reads. `msg`, `lineno` and `colno` as in `json.JSONDecodeError`
+    (the position is None where the parser gives none)."""
+
+    def __init__(self, msg: str, lineno: int | None = None, colno: int | None = None):
+        self.msg, self.lineno, self.colno = msg, lineno, colno
+        super().__init__(f"{msg} at line {lineno} column {colno}" if lineno else msg)
+
+    def in_line(self) -> str:
+        """The problem of one line of a JSON-lines file, e.g. `not valid JSON (Expecting value at column 5)`."""
+        return f"not valid JSON ({self.msg}{f' at column {self.colno}' if self.colno else ''})"
+
+
+def _deeper_than(data: object, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> object:
+    """`json.loads(text)`, refusing nesting deeper than `max_depth` arrays/objects and over-long integers."""
+    too_deep = f"arrays/objects nested more than {max_depth} levels deep"
     try:
-        return json.loads(text)
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise JSONTextError(error.msg, error.lineno, error.colno) from None
+    except UnicodeDecodeError:
+        raise JSONTextError("not UTF-8 text") from None
     except RecursionError:
-        at, depth, _ = _offending_position(text)
-        raise json.JSONDecodeError(f"nested {depth} levels deep, more than can be read", text, at) from None
-    except json.JSONDecodeError:
-        raise
-    except ValueError as error:
-        if isinstance(error, UnicodeError):
-            raise
-        _, _, at = _offending_position(text)
-        raise json.JSONDecodeError(f"an integer of more than {sys.get_int_max_str_digits()} digits, more than can "
-                                   "be read", text, max(at, 0)) from None
+        raise JSONTextError(too_deep) from None
+    except ValueError as error:  # Python's limit on integer digits (int_max_str_digits)
+        raise JSONTextError(f"an integer of more than {sys.get_int_max_str_digits()} digits" if "digits" in str(error)
+                            else str(error)) from None
+    if _deeper_than(data, max_depth):
+        raise JSONTextError(too_deep)
+    return data
 
 
 def json_lines(path: str | os.PathLike, first_line_encoding: str = "utf-8"
@@ -75,5 +75,5 @@ def json_lines(path: str | os.PathLike, first_line_encoding: str = "utf-8"
                 continue
             try:
                 yield number, parse_json(text), None
-            except json.JSONDecodeError as error:
-                yield number, None, f"not valid JSON ({error.msg} at column {error.colno})"
+            except JSONTextError as error:
+                yield number, None, error.in_line()

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PSAError
+from .errors import PSAError, shown
+from .json_text import JSONTextError, parse_json
 
 CATEGORIES = ("Hate", "Harassment", "Violence", "Self-Harm", "Sexuality", "Shocking", "Propaganda")
 AGE_GROUPS = {  # name: (first age, last age), psa-reference.md §5.1
@@ -34,6 +35,10 @@ COLUMNS = ("Age", "Age_Group", "Gender", "Religion", "Physical_Condition", "Ment
            "Banned_Categories", "Allowed_Categories")
 RESTRICTIVE_RELIGIONS = ("Christianity", "Islam", "Buddhism")
 USER_ID_DIGITS = 7
+USER_ID_NUMBER = re.compile(r"[0-9]{1,%d}" % USER_ID_DIGITS)
+USER_ID_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+USER_ID_RULE = ("up to 7 digits (zero-padded: '0000001'), or a label of letters, digits, '_' and '-' starting with a "
+                "letter or digit, at most 64 characters")
 
 
 class ProfileError(PSAError):
@@ -71,7 +76,7 @@ class UserProfile:
 
     def __post_init__(self) -> None:
         if isinstance(self.age, bool) or not isinstance(self.age, int):
-            raise ProfileError(f"Age must be an integer, got {self.age!r}; allowed: {MIN_AGE} to {MAX_AGE}")
+            raise ProfileError(f"Age must be an integer, got {shown(self.age)}; allowed: {MIN_AGE} to {MAX_AGE}")
         if not MIN_AGE <= self.age <= MAX_AGE:
             raise ProfileError(f"Age {self.age} is out of range; allowed: integers {MIN_AGE} to {MAX_AGE}")
         for name, value, allowed in (("Age_Group", self.age_group, tuple(AGE_GROUPS)),
@@ -79,11 +84,11 @@ class UserProfile:
                                      ("Physical_Condition", self.physical_condition, PHYSICAL_CONDITIONS),
                                      ("Mental_Condition", self.mental_condition, MENTAL_CONDITIONS)):
             if value not in allowed:
-                raise ProfileError(f"{name} {value!r} is not allowed; allowed: {_allowed(allowed)}")
+                raise ProfileError(f"{name} {shown(value)} is not allowed; allowed: {_allowed(allowed)}")
         expected_group = age_group_for(self.age)
         if self.age_group != expected_group:
             first, last = AGE_GROUPS[self.age_group]
-            raise ProfileError(f"Age_Group {self.age_group!r} covers ages {first}-{last} but Age is {self.age}; "
+            raise ProfileError(f"Age_Group {shown(self.age_group)} covers ages {first}-{last} but Age is {self.age}; "
                                f"the allowed group for age {self.age} is {expected_group!r}")
         unknown = [c for c in self.banned if c not in CATEGORIES]
         if unknown:
@@ -154,17 +159,17 @@ def _canonical_key(key: object) -> str:
     normal = re.sub(r"[\s\-]+", "_", str(key).strip()).lower()
     if normal not in _KEY_ALIASES:
         allowed = ", ".join(COLUMNS + ("User_ID", "Cluster_ID"))
-        raise ProfileError(f"unknown profile field {key!r}; allowed: {allowed}")
+        raise ProfileError(f"unknown profile field {shown(key)}; allowed: {allowed}")
     return _KEY_ALIASES[normal]
 
 
 def _pick(name: str, value: object, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str):
-        raise ProfileError(f"{name} must be a string, got {value!r}; allowed: {_allowed(allowed)}")
+        raise ProfileError(f"{name} must be a string, got {shown(value)}; allowed: {_allowed(allowed)}")
     lookup = {v.lower(): v for v in allowed}
     key = value.strip().lower()
     if key not in lookup:
-        raise ProfileError(f"{name} {value!r} is not allowed; allowed: {_allowed(allowed)}")
+        raise ProfileError(f"{name} {shown(value)} is not allowed; allowed: {_allowed(allowed)}")
     return lookup[key]
 
 
@@ -179,13 +184,13 @@ def _religion(value: object) -> str:
 
 def _age(value: object) -> int:
     if isinstance(value, bool):
-        raise ProfileError(f"Age must be an integer, got {value!r}; allowed: integers {MIN_AGE} to {MAX_AGE}")
+        raise ProfileError(f"Age must be an integer, got {shown(value)}; allowed: integers {MIN_AGE} to {MAX_AGE}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,6}\s*", value):
         value = int(value)
     if not isinstance(value, int):
-        raise ProfileError(f"Age must be an integer, got {value!r}; allowed: integers {MIN_AGE} to {MAX_AGE}")
+        raise ProfileError(f"Age must be an integer, got {shown(value)}; allowed: integers {MIN_AGE} to {MAX_AGE}")
     if not MIN_AGE <= value <= MAX_AGE:
         raise ProfileError(f"Age {value} is out of range; allowed: integers {MIN_AGE} to {MAX_AGE}")
     return value
@@ -197,13 +202,13 @@ def parse_category_list(value: object, name: str = "Banned_Categories") -> tuple
         text = value.strip()
         if text.startswith("[") or text.endswith("]"):
             if not (text.startswith("[") and text.endswith("]")):
-                raise ProfileError(f"{name} {value!r} is not a list; write e.g. ['Propaganda', 'Sexuality'] or []")
+                raise ProfileError(f"{name} {shown(value)} is not a list; write e.g. ['Propaganda', 'Sexuality'] or []")
             inner = text[1:-1].strip()
             items = []
             for part in (p.strip() for p in inner.split(",")) if inner else ():
                 match = _LIST_ITEM.match(part)
                 if not match:
-                    raise ProfileError(f"{name} {value!r} is not a list of quoted names; write e.g. "
+                    raise ProfileError(f"{name} {shown(value)} is not a list of quoted names; write e.g. "
                                        "['Propaganda', 'Sexuality'] or []")
                 items.append(match.group(2))
         else:
@@ -211,21 +216,34 @@ def parse_category_list(value: object, name: str = "Banned_Categories") -> tuple
     elif isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
     else:
-        raise ProfileError(f"{name} must be a list of categories, got {value!r}; allowed: {_allowed(CATEGORIES)}")
+        raise ProfileError(f"{name} must be a list of categories, got {shown(value)}; allowed: {_allowed(CATEGORIES)}")
     lookup = {c.lower(): c for c in CATEGORIES}
     result = []
     for item in items:
         if not isinstance(item, str) or item.strip().lower() not in lookup:
-            raise ProfileError(f"{name}: unknown category {item!r}; allowed: {_allowed(CATEGORIES)}")
+            raise ProfileError(f"{name}: unknown category {shown(item)}; allowed: {_allowed(CATEGORIES)}")
         result.append(lookup[item.strip().lower()])
     return tuple(sorted(set(result)))
 
 
 def _user_id(value: object) -> str:
     text = str(value).strip()
-    if not text.isdigit():
-        raise ProfileError(f"User_ID {value!r} is not a number; allowed: digits, e.g. '0000001'")
+    if not USER_ID_NUMBER.fullmatch(text):
+        raise ProfileError(f"User_ID {shown(value)} is not a number; allowed: up to {USER_ID_DIGITS} digits, "
+                           "e.g. '0000001'")
     return text.zfill(USER_ID_DIGITS)
+
+
+def check_user_id(value: object) -> str:
+    """A User_ID of training data as the pack keeps it. Ids become file names (`{User_ID}.npy`), so only these are
+    accepted: up to 7 digits, zero-padded to 7 (SAGE: '0000001'), or a label of letters, digits, '_' and '-'
+    that starts with a letter or digit, at most 64 characters (e.g. 'profile-1a2b3c4d5e' for an unnamed profile)."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if USER_ID_NUMBER.fullmatch(text):
+        return text.zfill(USER_ID_DIGITS)
+    if not USER_ID_LABEL.fullmatch(text) or text.isdigit():
+        raise ProfileError(f"User_ID {shown(value)} is not allowed; allowed: {USER_ID_RULE}")
+    return text
 
 
 def profile_from_dict(data: Mapping[str, object], *, suggest_missing_bans: bool = False,
@@ -242,7 +260,7 @@ def profile_from_dict(data: Mapping[str, object], *, suggest_missing_bans: bool 
     for key, value in data.items():
         name = _canonical_key(key)
         if name in fields:
-            raise ProfileError(f"profile field {name} is given twice (as {key!r} and another spelling)")
+            raise ProfileError(f"profile field {name} is given twice (as {shown(key)} and another spelling)")
         fields[name] = value
     missing = [name for name in _REQUIRED if name not in fields]
     if missing:
@@ -285,10 +303,11 @@ def profile_from_json(text: str, *, suggest_missing_bans: bool = False,
                            "\"Religion\": \"None\", \"Physical_Condition\": \"healthy\", "
                            "\"Mental_Condition\": \"healthy\", \"Banned_Categories\": []}")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ProfileError(f"malformed profile JSON at line {error.lineno} column {error.colno}: {error.msg}; "
-                           "expected one JSON object with the profile fields") from None
+        data = parse_json(text)
+    except JSONTextError as error:
+        where = f" at line {error.lineno} column {error.colno}" if error.lineno else ""
+        raise ProfileError(f"malformed profile JSON{where}: {error.msg}; expected one JSON object with the profile "
+                           "fields") from None
     if isinstance(data, Mapping) and "user_data" in data:  # a whole SAGE metadata.jsonl line
         data = data["user_data"]
     if not isinstance(data, Mapping):
@@ -313,7 +332,8 @@ def profile_from_reference_row(row: Mapping[str, str], user_id: str | None = Non
     """A row of the reference users.csv (all fields strings), e.g. from `csv.DictReader`."""
     extra = set(row) - set(COLUMNS)
     if extra:
-        raise ProfileError(f"users table has unexpected columns {sorted(extra)}; expected: {', '.join(COLUMNS)}")
+        raise ProfileError(f"users table has unexpected columns {sorted(map(str, extra))}; expected: "
+                           f"{', '.join(COLUMNS)}")
     return profile_from_dict(dict(row), user_id=user_id)
 
 
@@ -322,18 +342,24 @@ def read_users_table(path: str | Path) -> dict[str, UserProfile]:
     path = Path(path)
     if not path.is_file():
         raise ProfileError(f"users table not found: {path}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ProfileError(f"{path.name}: missing columns {missing}; expected: {', '.join(COLUMNS)}")
-        users = {}
-        for number, row in enumerate(reader, start=1):
-            user_id = str(number).zfill(USER_ID_DIGITS)
-            try:
-                users[user_id] = profile_from_reference_row(row, user_id)
-            except ProfileError as error:
-                raise ProfileError(f"{path.name} row {number} (User_ID {user_id}): {error}") from None
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return _users_from_rows(path.name, csv.DictReader(handle))
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise ProfileError(f"{path.name}: not a readable CSV users table ({error})") from None
+
+
+def _users_from_rows(name: str, reader: csv.DictReader) -> dict[str, UserProfile]:
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ProfileError(f"{name}: missing columns {missing}; expected: {', '.join(COLUMNS)}")
+    users = {}
+    for number, row in enumerate(reader, start=1):
+        user_id = str(number).zfill(USER_ID_DIGITS)
+        try:
+            users[user_id] = profile_from_reference_row(row, user_id)
+        except ProfileError as error:
+            raise ProfileError(f"{name} row {number} (User_ID {user_id}): {error}") from None
     return users
 
 

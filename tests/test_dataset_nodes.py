@@ -89,9 +89,10 @@ def test_load_prompt_pairs_errors_name_the_file_line_and_allowed_values(pack, co
            "Shocking, Propaganda; declare others with extra_categories" in message
     assert "index 4 is out of range: pairs.csv has 4 prompt pairs (indices 0 to 3)" in node.validate_inputs(
         file="pairs.csv", index=4, extra_categories="Gambling")
-    assert "prompt-pair file not found: " in node.validate_inputs(file="gone.jsonl", index=0, extra_categories="")
-    assert "not allowed; allowed: a .csv or .jsonl file directly in ComfyUI's input folder" in node.validate_inputs(
-        file="../secrets.csv", index=0, extra_categories="")
+    assert "file 'gone.jsonl' is not allowed; allowed: pairs.csv" in node.validate_inputs(
+        file="gone.jsonl", index=0, extra_categories="")
+    with pytest.raises(pack.psa_core.PSAError, match="file '../secrets.csv' is not allowed"):
+        node.execute("../secrets.csv", 0, 0, "")
     assert "'Hate' is already one of the 7 categories" in node.validate_inputs(extra_categories="Hate")
     with pytest.raises(pack.psa_core.PSAError, match="line 5: category 'Gambling' is not allowed"):
         node.execute("pairs.csv", 0, 0, "")
@@ -197,8 +198,9 @@ def test_save_node_accepts_a_literal_seed_equal_to_the_recorded_one(demo_server)
 
 def test_save_node_input_checks(pack, comfy_folders):
     node = dataset_nodes(pack).PSASavePreferencePair
-    assert "dataset '../elsewhere' is not allowed; allowed: a folder name" in node.validate_inputs("../elsewhere")
-    assert node.validate_inputs("runs/psa 1") is True
+    assert "dataset '../elsewhere' is not allowed (contains '..'); allowed: a dataset folder name" in \
+        node.validate_inputs(dataset="../elsewhere")
+    assert node.validate_inputs(dataset="runs/psa 1") is True
     with pytest.raises(pack.psa_core.PSAError, match=r"unsafe_images \(2, 16, 16, 3\) and safe_images \(1, 16, 16, 3\) "
                                                      "differ"):
         save_pair(pack, images=(torch.rand(2, 16, 16, 3), torch.rand(1, 16, 16, 3)))
@@ -328,7 +330,8 @@ def test_bad_prompt_files_are_refused_over_http_with_line_numbers(dataset_server
                                                         "line 2: category 'Violense' is not allowed; allowed: Hate, "
                                                         "Harassment, Violence, Self-Harm, Sexuality, Shocking, "
                                                         "Propaganda", "line 3: not valid JSON"]),
-                           ("dataset_missing.csv", ["prompt-pair file not found: ", "dataset_missing.csv"])):
+                           ("dataset_missing.csv", ["file 'dataset_missing.csv' is not allowed; allowed: "
+                                                    "dataset_bad_pairs.jsonl"])):
         prompt = workflow_prompt(dataset_server, file, 0, "psa_bad")
         status, body = dataset_server.request("/prompt", {"prompt": prompt})
         assert status == 400, body

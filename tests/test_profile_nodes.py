@@ -68,9 +68,10 @@ def test_user_profile_widgets_toggles_rules_and_presets(pack):
 def test_user_profile_validation_messages(pack):
     node = nodes(pack).PSAUserProfile
     assert node.validate_inputs(preset="custom", age=12, age_group="middle-aged") == (
-        "Age_Group 'middle-aged' covers ages 35-59 but Age is 12; the allowed group for age 12 is 'children'")
-    assert "Age 150 is out of range; allowed: integers 0 to 100" in node.validate_inputs(preset="custom", age=150,
-                                                                                         age_group="auto")
+        "age_group: Age_Group 'middle-aged' covers ages 35-59 but Age is 12; the allowed group for age 12 is "
+        "'children'")
+    assert "age 150 is out of range; allowed: an integer from 0 to 100" in node.validate_inputs(
+        preset="custom", age=150, age_group="auto")
     assert "preset 'level_9' is not allowed; allowed: custom, level_0 (0001001)" in node.validate_inputs(
         preset="level_9", age=30, age_group="auto")
     assert node.validate_inputs(preset="level_1 (0000797)", age=12, age_group="middle-aged") is True
@@ -91,7 +92,7 @@ def test_profile_from_json_node(pack, reference):
     ruled, _ = out(node.execute(sage, "rule-based suggestion"))
     assert ruled.banned == ("Harassment", "Hate", "Propaganda", "Shocking") and ruled.user_id == "0000033"
     message = node.validate_inputs(json='{"Age": 30, "Gender": "male",', missing_bans="error")
-    assert message.startswith("malformed profile JSON at line 1 column 30")
+    assert message.startswith("json: malformed profile JSON at line 1 column 30")
     assert "unknown category 'Nudity'; allowed: 'Hate'" in node.validate_inputs(
         json=default_json.replace('"Shocking"', '"Nudity"'), missing_bans="error")
     assert "missing_bans 'ignore' is not allowed" in node.validate_inputs(json=default_json, missing_bans="ignore")
@@ -180,7 +181,7 @@ def test_save_embedding_then_load_it_with_the_loader(pack, model_folders):
     assert torch.equal(loaded.vectors, embedding.vectors) and loaded.encoder == STRUCTURED
     assert loaded.labels == ("0001001", "0000501")
     for bad in ("../escape", "sub/dir", "", ".hidden"):
-        assert "is not allowed; allowed: a plain name" in nodes(pack).PSASaveEmbedding.validate_inputs(filename=bad)
+        assert f"filename {bad!r} is not allowed (" in nodes(pack).PSASaveEmbedding.validate_inputs(filename=bad)
         with pytest.raises(pack.psa_core.PSAError, match="is not allowed"):
             nodes(pack).PSASaveEmbedding.execute(embedding, bad)
 

@@ -84,7 +84,7 @@ def test_training_workflow_trains_saves_and_samples_then_the_file_loads(server):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"path": "psa_http_missing/pairs.jsonl"}, "dataset path not found"),
+    ({"path": "psa_http_missing/pairs.jsonl"}, "path: dataset 'psa_http_missing/pairs.jsonl' not found"),
     ({"profiles": ""}, "need profiles"),
 ])
 def test_training_input_problems_are_reported_over_http(server, change, message):

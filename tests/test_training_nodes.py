@@ -53,6 +53,12 @@ def _graph(components, tokenizer):
         return comfy_unet(components), comfy_clip(components, tokenizer), comfy_vae(components)
 
 
+@pytest.fixture(autouse=True)
+def data_outside_comfyui(monkeypatch):
+    """The data of these tests lives in pytest's folders, outside ComfyUI's: the server owner's opt-in."""
+    monkeypatch.setenv("PSA_ALLOW_OUTSIDE_PATHS", "1")
+
+
 def _dataset(pack, pairs: Path, profiles: Path, split: str = "all"):
     node = _module(pack, "nodes.nodes_training").PSALoadSageDataset
     with torch.inference_mode():
@@ -266,7 +272,7 @@ def test_dataset_node_splits_stably_and_reports_bad_paths(pack, folder_paths, ti
     assert set(train) <= set(full)
     assert len(node.execute(str(pairs), str(profiles), "auto", "all", 10, 0, 3).result[0].data.records) == 3
     errors = _module(pack, "psa_core.training.errors")
-    with pytest.raises(errors.DatasetError, match="dataset path not found"):
+    with pytest.raises(pack.psa_core.PSAError, match="path: dataset 'no/such/folder' not found; looked in: "):
         node.execute("no/such/folder", "", "auto", "all", 10, 0, 0)
     with pytest.raises(errors.DatasetError, match="need profiles"):
         node.execute(str(pairs), "", "auto", "all", 10, 0, 0)

@@ -7,7 +7,6 @@ checked (type, range, allowed names) before anything else runs.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -16,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from psa_core.adapter_file import SAVE_DTYPES
-from psa_core.json_text import parse_json
+from psa_core.json_text import JSONTextError, parse_json
 from psa_core.training.errors import TrainingError
 from psa_core.training.loop import DEFAULTS, MAX_SEED
 from psa_core.training.loss import BETA_HELP, DEFAULT_BETA
@@ -245,7 +244,7 @@ def read_config_file(path: str | Path) -> dict:
         data = parse_json(text) if syntax == "JSON" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError) as error:
         raise TrainingError(f"--config {path}: cannot be read ({error})") from None
-    except (json.JSONDecodeError, yaml.YAMLError, RecursionError, ValueError) as error:
+    except (JSONTextError, yaml.YAMLError, RecursionError, ValueError) as error:
         reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:300]
         raise TrainingError(f"{path.name}: not valid {syntax} ({reason})") from None
     if not isinstance(data, dict):

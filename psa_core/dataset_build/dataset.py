@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_write
-from ..json_text import json_lines, parse_json
+from ..json_text import JSONTextError, json_lines, parse_json
 from ..training.errors import DatasetError
 from ..training.labelling import DATASET_INFO_NAME
 from .prompt_pairs import MAX_SEED, canonical_category, parse_extra_categories, slug
@@ -219,8 +219,8 @@ class PairDataset:
         if not self.info_path.is_file():
             return {}
         try:
-            data = parse_json(self.info_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            data = parse_json(self.info_path.read_bytes())
+        except JSONTextError as error:
             raise DatasetError(f"{self.info_path}: not valid JSON ({error})") from None
         if not isinstance(data, dict):
             raise DatasetError(f"{self.info_path}: expected a JSON object")
@@ -339,8 +339,8 @@ class PairDataset:
         identity and that no line lists (the pairs file may have changed since: then nothing listed goes)."""
         journal = self._journal(token)
         try:
-            owned = parse_json(journal.read_text(encoding="utf-8")).get("owned", [])
-        except (OSError, ValueError, AttributeError):
+            owned = parse_json(journal.read_bytes()).get("owned", [])
+        except (OSError, JSONTextError, AttributeError):
             owned = []  # killed while writing the journal, before anything was moved
         listed = {os.path.normpath(r[key]) for r in records for key in ("safe", "unsafe")
                   if isinstance(r.get(key), str)}

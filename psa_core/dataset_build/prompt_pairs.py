@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import shown
 from ..json_text import json_lines
 from ..profile import CATEGORIES
 from ..training.errors import DatasetError
@@ -44,13 +45,13 @@ def parse_extra_categories(value: str | Iterable[str] | None) -> tuple[str, ...]
     result: list[str] = []
     for item in filter(None, items):
         if item.lower() in _SEVEN:
-            raise DatasetError(f"extra category {item!r} is already one of the 7 categories "
+            raise DatasetError(f"extra category {shown(item)} is already one of the 7 categories "
                                f"({', '.join(CATEGORIES)}); declare only new ones")
         if not _EXTRA_CATEGORY.fullmatch(item):
-            raise DatasetError(f"extra category {item!r} is not allowed; allowed: 1-40 letters, spaces and hyphens, "
-                               "starting and ending with a letter")
+            raise DatasetError(f"extra category {shown(item)} is not allowed; allowed: 1-40 letters, spaces and "
+                               "hyphens, starting and ending with a letter")
         if item.lower() in (r.lower() for r in result):
-            raise DatasetError(f"extra category {item!r} is declared twice")
+            raise DatasetError(f"extra category {shown(item)} is declared twice")
         result.append(item)
     return tuple(result)
 
@@ -67,7 +68,7 @@ def canonical_category(name: object, extra_categories: Iterable[str] = ()) -> st
         return lookup[name.strip().lower()]
     declared = f"; extra categories declared: {', '.join(extras)}" if extras else \
         "; declare others with extra_categories"
-    raise DatasetError(f"category {name!r} is not allowed; allowed: {', '.join(CATEGORIES)}{declared}")
+    raise DatasetError(f"category {shown(name)} is not allowed; allowed: {', '.join(CATEGORIES)}{declared}")
 
 
 def slug(text: str) -> str:
@@ -96,11 +97,11 @@ def _seed(value: object) -> int | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"\d+", text):
-            raise ValueError(f"seed {value!r} is not allowed; allowed: an integer 0 to {MAX_SEED}, or empty")
+        if not re.fullmatch(r"[0-9]{1,20}", text):  # MAX_SEED has 20 digits; longer would overflow int()
+            raise ValueError(f"seed {shown(value)} is not allowed; allowed: an integer 0 to {MAX_SEED}, or empty")
         value = int(text)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"seed {value!r} is not allowed; allowed: an integer 0 to {MAX_SEED}, or empty")
+        raise ValueError(f"seed {shown(value)} is not allowed; allowed: an integer 0 to {MAX_SEED}, or empty")
     return value
 
 
@@ -122,9 +123,9 @@ def _check_item(data: object, number: int, extras: tuple[str, ...]) -> tuple[Pro
             problems.append(str(error))
     for name in ("concept", "unsafe_prompt", "safe_prompt"):
         if name in data and (not isinstance(data[name], str) or not data[name].strip()):
-            problems.append(f"{name} must be non-empty text, got {data[name]!r}")
+            problems.append(f"{name} must be non-empty text, got {shown(data[name])}")
     if isinstance(data.get("concept"), str) and data["concept"].strip() and not slug(data["concept"]):
-        problems.append(f"concept {data['concept']!r} has no letter or digit (it becomes part of the image names)")
+        problems.append(f"concept {shown(data['concept'])} has no letter or digit (it becomes part of the image names)")
     if not problems and data["unsafe_prompt"].strip() == data["safe_prompt"].strip():
         problems.append("unsafe_prompt and safe_prompt are the same text; a pair needs a safe rewrite that differs")
     try:

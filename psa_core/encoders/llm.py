@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
+import math
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from ..adapter_file import REFERENCE_ENCODER
+from ..errors import shown
+from ..json_text import JSONTextError, parse_json
 from ..profile import UserProfile
 from .base import EncoderError, ProfileEncoder
 from .template import PromptTemplate, render_prompt
@@ -76,8 +78,8 @@ def read_model_config(model_dir: Path) -> dict:
                            "causal-LM folder with config.json, tokenizer files and weights, e.g. "
                            "Qwen2.5-7B-Instruct for the published adapters")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        config = parse_json(config_path.read_bytes())
+    except JSONTextError as error:
         raise EncoderError(f"{config_path}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
         raise EncoderError(f"{config_path}: expected a JSON object")
@@ -102,22 +104,41 @@ def _resolve_dtype(dtype: str, config: dict) -> str:
     return dtype
 
 
+def _safetensors_elements(path: Path) -> dict[str, int]:
+    """Element count per dtype name from a safetensors header, read without loading any weights."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise EncoderError(f"{path}: not a safetensors file ({size} bytes, shorter than its header length)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > size - 8:  # a corrupt length would otherwise ask for exabytes of memory
+            raise EncoderError(f"{path}: not a safetensors file (its header claims {length} bytes of {size})")
+        try:
+            header = parse_json(handle.read(length))
+        except JSONTextError as error:
+            raise EncoderError(f"{path}: not a safetensors file (header: {error})") from None
+    counts: dict[str, int] = {}
+    entries = header.items() if isinstance(header, dict) else ()
+    for key, entry in entries:
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+                and isinstance(entry.get("dtype"), str)):
+            raise EncoderError(f"{path}: not a safetensors file (tensor {shown(key)} has no valid shape and dtype)")
+        counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + math.prod(shape)
+    return counts
+
+
 def estimate_weight_bytes(model_dir: Path, dtype: torch.dtype) -> int:
     """Bytes the weights take in `dtype`, from safetensors headers (file sizes for other formats)."""
     element = torch.empty((), dtype=dtype).element_size()
     total = 0
     for path in _top_level_files(model_dir):
         if path.suffix == ".safetensors":
-            with path.open("rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(length))
-            for key, entry in header.items():
-                if key != "__metadata__":
-                    count = 1
-                    for dim in entry["shape"]:
-                        count *= dim
-                    total += count * (element if entry["dtype"] in ("F32", "BF16", "F16") else
-                                      _SAFETENSORS_BYTES.get(entry["dtype"], 4))
+            for name, count in _safetensors_elements(path).items():
+                total += count * (element if name in ("F32", "BF16", "F16") else _SAFETENSORS_BYTES.get(name, 4))
         elif path.suffix in _WEIGHT_SUFFIXES:
             total += path.stat().st_size
     return total

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import PairGeometry, load_rgb, prepare_cached_image
+from .augment import PairGeometry, load_rgb, prepare_cached_image, reading_image
 from .errors import DatasetError
 from .fingerprint import HashMemo
 from .records import LabelledData
@@ -70,11 +70,9 @@ def image_entries(data: LabelledData) -> tuple[list[ImageEntry], list[tuple[int,
 
     def size_of(name: str) -> tuple[int, int]:
         if name not in sizes:
-            try:
-                with Image.open(data.image_path(name)) as image:
-                    sizes[name] = image.size
-            except (OSError, ValueError) as error:
-                raise DatasetError(f"cannot read image {name}: {error}") from None
+            path = data.image_path(name)
+            with reading_image(path), Image.open(path) as image:
+                sizes[name] = image.size
         return sizes[name]
 
     index: dict[ImageEntry, int] = {}

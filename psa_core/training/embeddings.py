@@ -21,7 +21,7 @@ from ..embedding import load_embedding
 from ..encoders.base import ProfileEncoder, encode_profiles
 from ..encoders.cache import EmbeddingCache
 from ..errors import EmbeddingFileError
-from ..profile import ProfileError, UserProfile, profile_from_json
+from ..profile import ProfileError, UserProfile, check_user_id, profile_from_json
 from .errors import DatasetError
 from .records import PairRecord, unique_users
 
@@ -78,6 +78,10 @@ class FolderEmbeddings:
         return self._encoder
 
     def _file(self, user_id: str) -> Path | None:
+        try:
+            user_id = check_user_id(user_id)  # the id becomes a file name: never a path
+        except ProfileError as error:
+            raise DatasetError(f"{error}; it names the embedding file {{User_ID}}.npy in {self.folder}") from None
         for suffix in self.SUFFIXES:
             path = self.folder / f"{user_id}{suffix}"
             if path.is_file():

@@ -22,8 +22,10 @@ PROFILE_ENCODERS = {STRUCTURED_ENCODER: StructuredEncoder}
 
 
 def read_training_data(path: str | Path, data_format: str = "auto", profiles: str | Path | None = None,
-                       user_ids: Sequence[str] = (), skip_invalid: bool = False) -> LabelledData:
-    """A SAGE folder (or its metadata.jsonl), or an unlabelled pairs file labelled once per profile."""
+                       user_ids: Sequence[str] = (), skip_invalid: bool = False,
+                       contained: bool = False) -> LabelledData:
+    """A SAGE folder (or its metadata.jsonl), or an unlabelled pairs file labelled once per profile. With
+    `contained`, image names must stay inside the data's folder (the nodes read nothing outside ComfyUI's)."""
     path = Path(path)
     if data_format not in DATA_FORMATS:
         raise DatasetError(f"data format {data_format!r} is not allowed; allowed: {', '.join(DATA_FORMATS)}")
@@ -31,10 +33,10 @@ def read_training_data(path: str | Path, data_format: str = "auto", profiles: st
     if kind == "auto":
         kind = "sage" if path.is_dir() or path.name == METADATA_NAME else "pairs"
     if kind == "sage":
-        return read_sage(path, skip_invalid)
+        return read_sage(path, skip_invalid, contained)
     if not profiles:
         raise DatasetError("unlabelled pairs need profiles (users.csv, .json or .jsonl) to label them per user")
-    return read_labelled_pairs(path, read_profiles(profiles, user_ids), skip_invalid)
+    return read_labelled_pairs(path, read_profiles(profiles, user_ids), skip_invalid, contained)
 
 
 def embedding_source(embeddings: str | Path | None, encoder: str | None, profiles: str | Path | None,

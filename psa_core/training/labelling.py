@@ -15,12 +15,11 @@ users.csv, or a `.json`/`.jsonl` of profile objects (psa_core.profile schema).
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..json_text import json_lines, parse_json
+from ..json_text import JSONTextError, json_lines, parse_json
 from ..profile import (
     CATEGORIES,
     ProfileError,
@@ -28,7 +27,7 @@ from ..profile import (
     profile_from_dict,
     read_users_table,
 )
-from .errors import DatasetError
+from .errors import DatasetError, MissingDataError
 from .records import (
     SKIPPED_REPORT,
     LabelledData,
@@ -36,6 +35,7 @@ from .records import (
     Problems,
     canonical_user_data,
     check_records,
+    image_name_problems,
 )
 
 PAIR_FIELDS = ("safe", "unsafe", "category", "caption")
@@ -59,8 +59,8 @@ def read_extra_categories(pairs_path: Path) -> tuple[str, ...]:
     if not info.is_file():
         return ()
     try:
-        data = parse_json(info.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = parse_json(info.read_bytes())
+    except JSONTextError as error:
         raise DatasetError(f"{info}: not valid JSON ({error})") from None
     extras = data.get("extra_categories", []) if isinstance(data, dict) else None
     if not isinstance(extras, list) or not all(isinstance(c, str) and c.strip() for c in extras):
@@ -78,11 +78,11 @@ def _optional_field_problems(data: dict) -> list[str]:
     return problems
 
 
-def _check_pair(data: object, extra_categories: tuple[str, ...] = ()) -> tuple[UnlabelledPair | None, str | None]:
+def _check_pair(data: object, extra_categories: tuple[str, ...] = (), contained: bool = False
+                ) -> tuple[UnlabelledPair | None, str | None]:
     if not isinstance(data, dict):
         return None, f"expected an object with {', '.join(PAIR_FIELDS)}, found {type(data).__name__}"
-    problems = [f"'{key}' must be a non-empty image name" for key in ("safe", "unsafe")
-                if not isinstance(data.get(key), str) or not data[key].strip()]
+    problems = image_name_problems(data, ("safe", "unsafe"), contained)
     lookup = {**_CATEGORY_LOOKUP, **{c.lower(): c for c in extra_categories}}
     category = data.get("category")
     if not isinstance(category, str) or category.strip().lower() not in lookup:
@@ -119,13 +119,14 @@ def _rows(path: Path) -> Iterable[tuple[int, object | None, str | None]]:
     yield from json_lines(path)
 
 
-def read_unlabelled_pairs(path: str | Path, skip_invalid: bool = False, extra_categories: Sequence[str] = ()
-                          ) -> tuple[list[UnlabelledPair], Problems]:
-    """Read and check the pairs file; images are looked up relative to its folder."""
+def read_unlabelled_pairs(path: str | Path, skip_invalid: bool = False, extra_categories: Sequence[str] = (),
+                          contained: bool = False) -> tuple[list[UnlabelledPair], Problems]:
+    """Read and check the pairs file; images are looked up relative to its folder (with `contained`, only inside
+    it)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pairs file not found: {path}; expected .jsonl or .csv with columns "
-                                f"{', '.join(PAIR_FIELDS)}")
+        raise MissingDataError(f"pairs file not found: {path}; expected .jsonl or .csv with columns "
+                               f"{', '.join(PAIR_FIELDS)}")
     root = path.parent
     extra_categories = tuple(extra_categories) + read_extra_categories(path)
     problems = Problems(path.name)
@@ -133,7 +134,7 @@ def read_unlabelled_pairs(path: str | Path, skip_invalid: bool = False, extra_ca
     for number, data, reason in _rows(path):
         pair = None
         if reason is None:
-            pair, reason = _check_pair(data, extra_categories)
+            pair, reason = _check_pair(data, extra_categories, contained)
         if reason:
             problems.bad_line(number, reason)
             continue
@@ -152,7 +153,7 @@ def read_profiles(path: str | Path, user_ids: Sequence[str] = ()) -> list[UserPr
     """Profiles from a reference users.csv (optionally only `user_ids`) or a .json / .jsonl of profile objects."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"profiles file not found: {path}; expected users.csv, .json or .jsonl")
+        raise MissingDataError(f"profiles file not found: {path}; expected users.csv, .json or .jsonl")
     if path.suffix.lower() == ".csv":
         table = read_users_table(path)
         if not user_ids:
@@ -170,9 +171,9 @@ def read_profiles(path: str | Path, user_ids: Sequence[str] = ()) -> list[UserPr
             objects.append((number, data))
     elif path.suffix.lower() == ".json":
         try:
-            data = parse_json(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{path.name}: not valid JSON ({error.msg} at line {error.lineno})") from None
+            data = parse_json(path.read_bytes())
+        except JSONTextError as error:
+            raise DatasetError(f"{path.name}: not valid JSON ({error})") from None
         data = data.get("profiles", data) if isinstance(data, dict) else data
         data = [data] if isinstance(data, dict) else data
         if not isinstance(data, list):
@@ -219,9 +220,9 @@ def label_pairs(pairs: Sequence[UnlabelledPair], profiles: Sequence[UserProfile]
 
 
 def read_labelled_pairs(pairs_path: str | Path, profiles: Sequence[UserProfile],
-                        skip_invalid: bool = False) -> LabelledData:
+                        skip_invalid: bool = False, contained: bool = False) -> LabelledData:
     pairs_path = Path(pairs_path)
-    pairs, problems = read_unlabelled_pairs(pairs_path, skip_invalid)
+    pairs, problems = read_unlabelled_pairs(pairs_path, skip_invalid, contained=contained)
     records = label_pairs(pairs, profiles, pairs_path.name)
     check_records(records, str(pairs_path))
     return LabelledData(tuple(records), pairs_path.parent, "pairs", (problems.describe(),) if problems else ())

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..paths import stays_inside
 from .errors import DatasetError
 
 MAX_LISTED_PROBLEMS = 20
@@ -28,6 +29,18 @@ class PairRecord:
 
     def user_mapping(self) -> dict:
         return json.loads(self.user_data)
+
+
+def image_name_problems(data: Mapping, keys: Sequence[str], contained: bool) -> list[str]:
+    """Each image name must be non-empty text; with `contained`, one that stays inside the data folder."""
+    problems = []
+    for key in keys:
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            problems.append(f"'{key}' must be a non-empty image name")
+        elif contained and not stays_inside(data[key]):
+            problems.append(f"'{key}' leaves the data folder (an absolute path or '..'); allowed: an image name "
+                            "relative to the folder")
+    return problems
 
 
 def canonical_user_data(data: Mapping) -> str:

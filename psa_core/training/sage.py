@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 from ..json_text import json_lines
-from ..profile import CATEGORIES
+from ..profile import CATEGORIES, ProfileError, check_user_id
+from .errors import MissingDataError
 from .records import (
     SKIPPED_REPORT,
     LabelledData,
@@ -19,22 +20,13 @@ from .records import (
     Problems,
     canonical_user_data,
     check_records,
+    image_name_problems,
 )
 
 METADATA_NAME = "metadata.jsonl"
 # user_<uid7>_<category>_<concept>_<nnnnn>_{s|u}.<ext>: "_s" from the safe prompt, "_u" from the unsafe one.
 SAGE_IMAGE_NAME = re.compile(r"user_(\d+)_([A-Za-z-]+)_.*_\d+_([su])\.[A-Za-z]+$")
 _CATEGORY_LOOKUP = {c.lower(): c for c in CATEGORIES}
-
-
-def normalise_user_id(value: object) -> str:
-    """SAGE ids are 7-digit strings; integers and shorter digit strings are zero-padded."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"User_ID must be digits, got {value!r}")
-    text = str(value).strip()
-    if not text:
-        raise ValueError("User_ID is empty")
-    return text.zfill(7) if text.isdigit() else text
 
 
 def sage_name_info(name: str) -> tuple[str | None, bool | None]:
@@ -45,13 +37,10 @@ def sage_name_info(name: str) -> tuple[str | None, bool | None]:
     return _CATEGORY_LOOKUP.get(match.group(2).lower()), match.group(3) == "s"
 
 
-def _check_line(data: object) -> tuple[dict | None, str | None]:
+def _check_line(data: object, contained: bool) -> tuple[dict | None, str | None]:
     if not isinstance(data, dict):
         return None, f"expected a JSON object, found {type(data).__name__}"
-    problems = []
-    for key in ("chosen", "rejected"):
-        if not isinstance(data.get(key), str) or not data.get(key).strip():
-            problems.append(f"'{key}' must be a non-empty image name")
+    problems = image_name_problems(data, ("chosen", "rejected"), contained)
     if not isinstance(data.get("caption"), str):
         problems.append("'caption' must be a string (may be empty)")
     user = data.get("user_data")
@@ -61,27 +50,27 @@ def _check_line(data: object) -> tuple[dict | None, str | None]:
         problems.append("'user_data' has no User_ID")
     else:
         try:
-            normalise_user_id(user["User_ID"])
-        except ValueError as error:
+            check_user_id(user["User_ID"])
+        except ProfileError as error:
             problems.append(str(error))
     if not problems and data["chosen"] == data["rejected"]:
         problems.append(f"chosen and rejected are the same image {data['chosen']!r}")
     return (None, "; ".join(problems)) if problems else (data, None)
 
 
-def read_sage(root: str | Path, skip_invalid: bool = False) -> LabelledData:
-    """Read `<root>/metadata.jsonl` and check that every image exists."""
+def read_sage(root: str | Path, skip_invalid: bool = False, contained: bool = False) -> LabelledData:
+    """Read `<root>/metadata.jsonl` and check that every image exists (with `contained`, inside the folder)."""
     root = Path(root)
     metadata = root / METADATA_NAME if root.is_dir() else root
     if not metadata.is_file():
-        raise FileNotFoundError(f"no SAGE metadata at {metadata}; expected <data folder>/{METADATA_NAME} with one "
-                                "JSON object per line (chosen, rejected, caption, user_data)")
+        raise MissingDataError(f"no SAGE metadata at {metadata}; expected <data folder>/{METADATA_NAME} with one "
+                               "JSON object per line (chosen, rejected, caption, user_data)")
     root = metadata.parent
     problems = Problems(metadata.name)
     candidates: list[tuple[int, dict]] = []
     for number, data, reason in json_lines(metadata):
         if reason is None:
-            data, reason = _check_line(data)
+            data, reason = _check_line(data, contained)
         if reason:
             problems.bad_line(number, reason)
             continue
@@ -98,7 +87,7 @@ def read_sage(root: str | Path, skip_invalid: bool = False) -> LabelledData:
         if number in bad:
             continue
         user = dict(data["user_data"])
-        user["User_ID"] = normalise_user_id(user["User_ID"])
+        user["User_ID"] = check_user_id(user["User_ID"])
         category, chosen_is_safe = sage_name_info(data["chosen"])
         records.append(PairRecord(data["chosen"], data["rejected"], data["caption"], user["User_ID"],
                                   canonical_user_data(user), category, chosen_is_safe,

@@ -1,4 +1,5 @@
-"""Test-only ComfyUI nodes (never shipped): conditioning for UNet-only graphs that have no CLIP."""
+"""Test-only ComfyUI nodes (never shipped): conditioning for UNet-only graphs that have no CLIP, and a placeholder
+for inputs that a test graph must validate but never compute."""
 import torch
 
 
@@ -18,4 +19,20 @@ class TestRandomConditioning:
         return ([[torch.randn(1, tokens, context_dim, generator=generator), {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"TestRandomConditioning": TestRandomConditioning}
+class TestPlaceholder:
+    """Stands for a value of any type (a model, a dataset) in graphs that are validated, never run that far:
+    running it stops the prompt with a clear error instead of computing anything heavy."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"stands_for": ("STRING", {"default": "MODEL"})}}
+
+    RETURN_TYPES = ("*",)
+    FUNCTION = "stop"
+    CATEGORY = "testing"
+
+    def stop(self, stands_for):
+        raise RuntimeError(f"TestPlaceholder: this test graph has no {stands_for}")
+
+
+NODE_CLASS_MAPPINGS = {"TestRandomConditioning": TestRandomConditioning, "TestPlaceholder": TestPlaceholder}

@@ -1,0 +1,106 @@
+"""The validation layer every PSA node shares: derive from CheckedNode, never write validate_inputs.
+
+ComfyUI runs its own range and option checks only for the inputs that a node's validate_inputs does not name (and
+for none when it takes **kwargs), so a hand-written validate_inputs silently turns them off. CheckedNode generates
+validate_inputs naming only what the pack must check itself: every float input (NaN passes any range check), every
+input in PATH_INPUTS (names of files and folders, under psa_core.paths), and the parameters of the node's
+check_inputs. Those inputs are re-checked against the schema (range, options) first, so no declared limit goes
+unchecked; ComfyUI keeps checking all the others.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from comfy_api.latest import io
+
+from ..psa_core.errors import InputError, PSAError, shown
+from ..psa_core.numbers import check_number
+from .comfy_paths import ReadPath, WriteName
+
+MAX_LISTED_OPTIONS = 20
+
+
+def check_widget(spec: io.Input, value: Any) -> None:
+    """The limits the schema declares for one widget input: range and finiteness, or the options of a combo."""
+    if isinstance(spec, (io.Float.Input, io.Int.Input)):
+        check_number(value, spec.id, spec.min, spec.max, integer=isinstance(spec, io.Int.Input))
+    elif isinstance(spec, io.Combo.Input) and value not in spec.options:
+        options = spec.options
+        listed = ", ".join(map(str, options[:MAX_LISTED_OPTIONS]))
+        more = f" and {len(options) - MAX_LISTED_OPTIONS} more" if len(options) > MAX_LISTED_OPTIONS else ""
+        raise InputError(f"{spec.id} {shown(value)} is not allowed; allowed: {listed or 'none available'}{more}")
+
+
+@contextmanager
+def about(name: str) -> Iterator[None]:
+    """Prefix a PSAError raised inside with the input it is about: every refusal names its input."""
+    try:
+        yield
+    except PSAError as error:
+        raise type(error)(f"{name}: {error}") from None
+
+
+class CheckedNode(io.ComfyNode):
+    """Base class of the pack's nodes. Override `check_inputs` (keyword parameters named after inputs, each None when
+    linked or absent; raise PSAError) for checks across inputs or of their content."""
+
+    PATH_INPUTS: ClassVar[Mapping[str, ReadPath | WriteName]] = {}
+
+    @classmethod
+    def check_inputs(cls) -> None:
+        """No checks beyond the schema's and the path policy's."""
+
+    @classmethod
+    def check_values(cls, values: Mapping[str, Any]) -> None:
+        """Every check of the generated validate_inputs, raising PSAError: schema limits, path policy, check_inputs."""
+        schema = {spec.id: spec for spec in cls.define_schema().inputs}  # fresh: combo options follow the folders
+        problems = []
+        for name, value in values.items():
+            if value is None or name not in schema:
+                continue
+            try:
+                check_widget(schema[name], value)
+                if name in cls.PATH_INPUTS:
+                    cls.PATH_INPUTS[name].check(value, name)
+            except PSAError as error:
+                problems.append(str(error))
+        if problems:
+            raise InputError("\n".join(problems))
+        cls.check_inputs(**{name: values.get(name) for name in inspect.signature(cls.check_inputs).parameters})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_CHECKED_INPUTS" in cls.__dict__:
+            return  # ComfyUI's locked copy of a node class (same namespace): already set up
+        if "validate_inputs" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: define check_inputs, not validate_inputs (a hand-written one turns off "
+                            "ComfyUI's own checks of every input it names)")
+        schema = cls.define_schema()
+        inputs = [spec.id for spec in schema.inputs]
+        names = [spec.id for spec in schema.inputs if isinstance(spec, io.Float.Input)]
+        names += [*cls.PATH_INPUTS, *inspect.signature(cls.check_inputs).parameters]
+        names = list(dict.fromkeys(names))
+        unknown = [name for name in names if name not in inputs]
+        if unknown:
+            raise TypeError(f"{cls.__name__}: checks name inputs it does not have: {unknown}")
+        cls._CHECKED_INPUTS = tuple(names)
+        if names:
+            cls.validate_inputs = classmethod(_validator(names))
+
+
+def _validator(names: list[str]):
+    def validate_inputs(cls, **values: Any) -> bool | str:
+        try:
+            cls.check_values(values)
+        except PSAError as error:
+            return str(error)
+        return True
+
+    # ComfyUI reads the argument names (inspect.getfullargspec) to decide which inputs it leaves to this function.
+    parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    validate_inputs.__signature__ = inspect.Signature(
+        [inspect.Parameter("cls", parameter)] + [inspect.Parameter(name, parameter, default=None) for name in names])
+    return validate_inputs
