@@ -74,6 +74,7 @@ def file_hashes(folder, records) -> dict[str, str]:
             for record in records for key in ("safe", "unsafe")}
 
 
+@pytest.mark.slow
 def test_killed_run_started_again_completes_the_dataset_without_duplicates_or_half_pairs(tiny_base, tmp_path):
     base, _, tokenizer = tiny_base
     prompts = write_prompts(tmp_path / "prompts.jsonl", ITEMS)
@@ -139,6 +140,7 @@ def test_both_images_of_a_pair_share_seed_and_settings(tiny_base):
                   - unsafe.astype(int)).max() <= 1, "the diffusers folder renders the same model differently"
 
 
+@pytest.mark.slow
 def test_bad_prompt_files_and_settings_stop_before_rendering(tiny_base, tmp_path, capsys):
     base, _, tokenizer = tiny_base
     bad = tmp_path / "bad.csv"

@@ -21,8 +21,8 @@ LONG = "1" * 5000
 PROMPT_PAIR = {"category": "Violence", "concept": "knife fight", "unsafe_prompt": "a knife fight",
                "safe_prompt": "two chefs"}
 HOSTILE_LINES = [f'{{"category": {DEEP}}}', f'{{"seed": {LONG}}}', "\xff not UTF-8"]
-EXPECTED = [r"line 2: not valid JSON \(nested 100001 levels deep, more than can be read at column 100013\)",
-            r"line 3: not valid JSON \(an integer of more than 4300 digits, more than can be read at column 10\)",
+EXPECTED = [r"line 2: not valid JSON \(arrays/objects nested more than 64 levels deep\)",
+            r"line 3: not valid JSON \(an integer of more than 4300 digits\)",
             r"line 4: not UTF-8 text \(invalid start byte at byte 1 of the line\)"]
 
 
@@ -78,7 +78,7 @@ def test_the_trainers_pairs_and_sage_files(tmp_path, capsys):
     assert code == EXIT_BAD_INPUT and "psa-trainer: error: pairs.jsonl: 3 malformed lines" in error, error[:2000]
 
     (tmp_path / "dataset.json").write_text(f'{{"extra_categories": {DEEP}}}')
-    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON \(nested 100001 levels deep"):
+    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON \(arrays/objects nested more than 64 levels deep"):
         read_unlabelled_pairs(pairs)
 
 
@@ -89,5 +89,5 @@ def test_a_dataset_folder_being_written(tmp_path):
         PairDataset(tmp_path).records()
     (tmp_path / "pairs.jsonl").unlink()
     (tmp_path / "dataset.json").write_text(DEEP)
-    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON \(nested 100000 levels deep"):
+    with pytest.raises(DatasetError, match=r"dataset.json: not valid JSON \(arrays/objects nested more than 64 levels deep"):
         PairDataset(tmp_path).info()
