@@ -1,7 +1,7 @@
 """The PSA cross-attention patch: one `attn2_output_patch` that adds each layer's user term.
 
 For layer l, cond chunks get `to_out(s·W_v u) − to_out(0) = s·W_out W_v u` added after `to_out`, and
-uncond chunks the same with the null user u0 (psa-reference.md §1.3-1.4). The difference goes through
+uncond chunks the same with the null user u0 (docs/adapter.md §2, §4). The difference goes through
 the model's own `to_out` module, so the live weights are used: LoRA patches, low-VRAM casting and
 weight functions all apply exactly as they do to the base attention.
 """

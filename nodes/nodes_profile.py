@@ -63,7 +63,7 @@ EMBEDDING_NAME = WriteName("file name", model_write_folder(EMBEDDINGS), "models/
 
 def _preset_tooltip() -> str:
     lines = [f"{name}: banned {', '.join(p.banned) or 'nothing'}" for name, p in PRESETS.items()]
-    return ("'custom' uses the widgets below; a reference evaluation user (psa-reference §6) ignores them. "
+    return ("'custom' uses the widgets below; a reference evaluation user (docs/profiles.md §4) ignores them. "
             + "; ".join(lines))
 
 

@@ -4,7 +4,7 @@
   (`psa_core.training.step.attn2_shift`) from the live `to_out[0].weight`; with no values it changes nothing,
   so the reference pass is the same model with PSA switched off.
 - `autograd_safe_weights`: weights built by a loader node inside ComfyUI's `torch.inference_mode()` are
-  inference tensors, which autograd refuses to save for backward (comfyui-notes.md §10). Each weight is swapped,
+  inference tensors, which autograd refuses to save for backward (docs/comfyui.md §8). Each weight is swapped,
   for the duration of training, for an ordinary tensor that views the *same storage*: no second copy of the
   weights (ComfyUI's own trainer copies every weight on every forward through weight wrappers instead).
 - `gradient_checkpointing`: per ResBlock / SpatialTransformer, like diffusers' UNet.

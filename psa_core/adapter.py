@@ -3,7 +3,7 @@
 The reference adds, in every cross-attention layer l, `s * SDPA(q, W_k^l u, W_v^l u)` to the attention
 output before `to_out`, where `u = LayerNorm(P e + b)` is the projected user token. Attention over a
 single key is that key's value, so the branch is exactly `s * W_v^l u`, a constant per layer and sample,
-and after the affine `to_out` it adds `s * W_out^l W_v^l u` (psa-reference.md §1.3). `W_k^l` never
+and after the affine `to_out` it adds `s * W_out^l W_v^l u` (docs/adapter.md §2). `W_k^l` never
 changes the output and is not kept. The unconditional branch uses the null user `u0 = LN(b)`.
 """
 from __future__ import annotations

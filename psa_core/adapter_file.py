@@ -31,7 +31,7 @@ ACCEPTED_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # by name
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _LAYER_KEY = re.compile(r"psa_adapter\.(\d+)\.to_([kv])_user\.0\.weight")
-# The published adapters were trained on Qwen2.5-7B-Instruct embeddings (psa-reference.md §5.4).
+# The published adapters were trained on Qwen2.5-7B-Instruct embeddings (docs/profiles.md §5).
 REFERENCE_ENCODER = "qwen2.5-7b-instruct"
 REFERENCE_EMBEDDING_DIM = 3584
 

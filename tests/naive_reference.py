@@ -1,5 +1,5 @@
 """An independent, literal implementation of the reference PSA processor (PSAAttnProcessor2_0), written
-from docs/adapter.md (the reference processor), installed into ComfyUI as attn2 *replace* patches.
+from docs/adapter.md §1 (the reference processor), installed into ComfyUI as attn2 *replace* patches.
 
 Per attn2 layer: base attention over the text tokens, plus `s * softmax(q k_u^T / sqrt(d)) v_u` with
 `k_u = to_k_user(u)`, `v_u = to_v_user(u)` computed per head over the single user key; ComfyUI then

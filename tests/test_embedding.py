@@ -14,7 +14,7 @@ def test_published_embeddings_load_with_their_documented_properties(reference):
     for embedding in (first, second):
         assert embedding.vectors.shape == (1, 3584) and embedding.vectors.dtype == torch.float32
         assert embedding.encoder is None
-        assert 137 < embedding.vectors.norm() < 140                                   # psa-reference.md §5.4
+        assert 137 < embedding.vectors.norm() < 140                                   # docs/profiles.md §5
         assert torch.equal(embedding.vectors, embedding.vectors.bfloat16().float())  # bf16-exact values
         assert -80 < embedding.vectors[0, 46] < -70 and 45 < embedding.vectors[0, 1069] < 55
     cosine = torch.nn.functional.cosine_similarity(first.vectors, second.vectors).item()

@@ -1,9 +1,10 @@
-"""Layer tables generated from the rule equal the literal tables of psa-reference.md §4, and the counts of §2."""
+"""Layer tables generated from the rule equal the literal tables of docs/formats.md §3, and the counts of
+docs/adapter.md §5."""
 import pytest
 
 from psa_core import AdapterFileError, get_family, recognise_family
 
-SD15_TABLE = [  # i, diffusers attention, H, ComfyUI key — psa-reference.md §4.2, verbatim
+SD15_TABLE = [  # i, diffusers attention, H, ComfyUI key — docs/formats.md §3, verbatim
     (0, "down_blocks.0.attentions.0", 320, ("input", 1, 0)), (1, "down_blocks.0.attentions.1", 320, ("input", 2, 0)),
     (2, "down_blocks.1.attentions.0", 640, ("input", 4, 0)), (3, "down_blocks.1.attentions.1", 640, ("input", 5, 0)),
     (4, "down_blocks.2.attentions.0", 1280, ("input", 7, 0)), (5, "down_blocks.2.attentions.1", 1280, ("input", 8, 0)),
@@ -13,7 +14,7 @@ SD15_TABLE = [  # i, diffusers attention, H, ComfyUI key — psa-reference.md §
     (12, "up_blocks.3.attentions.0", 320, ("output", 9, 0)), (13, "up_blocks.3.attentions.1", 320, ("output", 10, 0)),
     (14, "up_blocks.3.attentions.2", 320, ("output", 11, 0)), (15, "mid_block.attentions.0", 1280, ("middle", 0, 0)),
 ]
-SDXL_RANGES = [  # first i, diffusers attention, depth, H, ComfyUI (block, id) — psa-reference.md §4.3
+SDXL_RANGES = [  # first i, diffusers attention, depth, H, ComfyUI (block, id) — docs/formats.md §3
     (0, "down_blocks.1.attentions.0", 2, 640, ("input", 4)), (2, "down_blocks.1.attentions.1", 2, 640, ("input", 5)),
     (4, "down_blocks.2.attentions.0", 10, 1280, ("input", 7)), (14, "down_blocks.2.attentions.1", 10, 1280, ("input", 8)),
     (24, "up_blocks.0.attentions.0", 10, 1280, ("output", 0)), (34, "up_blocks.0.attentions.1", 10, 1280, ("output", 1)),

@@ -165,7 +165,7 @@ def test_adapter_off_reference_is_the_base_unet_bit_for_bit(tiny):
 
 
 class LiteralReferenceProcessor:
-    """PSAAttnProcessor2_0 (psa-reference.md §1.2) written out: the last context token is the user token; base
+    """PSAAttnProcessor2_0 (docs/adapter.md §1) written out: the last context token is the user token; base
     attention over the text tokens; plus attention over the single user key with to_k_user / to_v_user; then
     to_out. Explicit softmax, no SDPA, sharing no code with the hook."""
 
@@ -194,7 +194,7 @@ def test_collapsed_hook_matches_the_literal_reference_processor(tiny):
     generator = torch.Generator().manual_seed(9)
     reference = copy.deepcopy(unet)
     for layer, v_weight in zip(family.layers, adapter.to_v_user):
-        k_weight = torch.randn(v_weight.weight.shape, generator=generator) * 0.2  # never matters (§1.3)
+        k_weight = torch.randn(v_weight.weight.shape, generator=generator) * 0.2  # never matters (docs/adapter.md §2)
         reference.get_submodule(layer.diffusers_name).set_processor(
             LiteralReferenceProcessor(k_weight, v_weight.weight.detach()))
     predict = DiffusersPSAPredictor(copy.deepcopy(unet), family)

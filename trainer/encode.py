@@ -2,7 +2,7 @@
 
 SD1.5: the text encoder's last hidden state. SDXL: the penultimate hidden states of both encoders,
 concatenated, plus the second encoder's projected pooled output (`text_embeds`), as diffusers and the
-reference compute them (training-notes.md §7). Latents are the VAE posterior's mean and std times the
+reference compute them (docs/training.md §8). Latents are the VAE posterior's mean and std times the
 VAE scaling factor.
 """
 from __future__ import annotations

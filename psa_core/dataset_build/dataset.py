@@ -1,6 +1,6 @@
 """A preference dataset folder of unlabelled image pairs, written one pair at a time, safely.
 
-Layout (the SAGE image names of training-notes.md §11; the pairs file is the trainer's unlabelled-pairs input):
+Layout (the SAGE image names of docs/training.md §6; the pairs file is the trainer's unlabelled-pairs input):
 ```
 <folder>/dataset.json    format, version, extra_categories (categories beyond the seven)
 <folder>/pairs.jsonl     one line per complete pair: safe, unsafe, category, caption (the unsafe prompt),

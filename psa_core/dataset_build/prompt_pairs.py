@@ -1,7 +1,7 @@
 """Prompt-pair files: what to render into a preference dataset, one unsafe/safe prompt pair per item.
 
 A `.csv` with a header row, or a `.jsonl` of objects, with the fields
-- `category`: one of the 7 PSA categories (psa-reference.md §5.2, any letter case) or an extra category the
+- `category`: one of the 7 PSA categories (docs/profiles.md §2, any letter case) or an extra category the
   user declares (`extra_categories`; it is recorded in the dataset's `dataset.json`);
 - `concept`: what the pair is about (e.g. "knife fight"); it becomes part of the image names;
 - `unsafe_prompt`: the prompt showing the category; `safe_prompt`: its safe rewrite (must differ);

@@ -1,4 +1,4 @@
-"""The reference-exact LLM encoder (psa-reference.md §5.4, get_embeds.py).
+"""The reference-exact LLM encoder (docs/profiles.md §5, get_embeds.py).
 
 Any local Hugging Face causal-LM folder, loaded with transformers from local files only. Per profile: the
 template filled in the reference's way, the chat template with a single user message and

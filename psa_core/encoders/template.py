@@ -1,4 +1,4 @@
-"""The reference prompt template and how the reference filled it in (psa-reference.md §5.4).
+"""The reference prompt template and how the reference filled it in (docs/profiles.md §5).
 
 The template file is read exactly as the reference reads it (`open(...).read()`, UTF-8, universal
 newlines). Values go in as the reference's pandas rows stringified them: Age as an integer, Religion

@@ -1,7 +1,7 @@
 """Image preparation for a preference pair: the same geometry for winner and loser.
 
 The reference transform is: resize the shorter side to `res` (bilinear), centre or random crop to
-`res`×`res`, optional horizontal flip, then map to [−1, 1] (training-notes.md §5). The reference flips
+`res`×`res`, optional horizontal flip, then map to [−1, 1] (docs/training.md §7). The reference flips
 winner and loser independently, a bug; here one crop box and one flip decision serve both images.
 When the two images differ in size the loser is first resized to the winner's size (as diffusers does),
 and SDXL's `time_ids` use the winner's original size and the crop's top-left corner.

@@ -1,6 +1,6 @@
 """Cache of VAE latents and text-encoder outputs, computed once and reused across runs.
 
-For DPO on an adapter the frozen encoders are pure overhead (training-notes.md §6), so before training every
+For DPO on an adapter the frozen encoders are pure overhead (docs/training.md §8), so before training every
 distinct image of the data is VAE-encoded once (the latent distribution: scaled mean and std, plus the
 horizontally flipped variant when flips are on) and every distinct caption, and the empty caption for
 caption dropout, is text-encoded once. Training then samples latents from the stored distribution.

@@ -3,7 +3,7 @@
 An unlabelled pair is (safe image, unsafe image, category, caption): the two images were generated from a
 safe and an unsafe version of one prompt, and the unsafe one shows `category`. For a profile that **bans**
 the category the safe image is chosen; for one that **allows** it the unsafe image is chosen
-(training-notes.md §11: the SAGE rule, the allowed case as presumed there). So the same pair appears once per
+(docs/training.md §6: the SAGE rule, the allowed case as presumed there). So the same pair appears once per
 profile, with opposite labels for users who disagree.
 
 Pairs come from a `.jsonl` file (objects with safe, unsafe, category, caption) or a `.csv` with those columns;

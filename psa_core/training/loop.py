@@ -2,7 +2,7 @@
 
 Both callers build the same pieces (cached pairs, pair order, a `predict` callable for their UNet, the adapter,
 its optimizer and LR schedule) and then call `optimizer_step` once per step; only how they get the UNet and how
-they report progress differs (architecture.md). Device handling comes from a `Backend`: 🤗 Accelerate's
+they report progress differs (docs/training.md §3). Device handling comes from a `Backend`: 🤗 Accelerate's
 `Accelerator` is one (the trainer, one or many processes); `LocalBackend` is the single-device equivalent with
 the same gradient-accumulation semantics (the nodes, inside ComfyUI's process). With the same seed and data the
 two produce the same micro-batches, the same random numbers and the same updates.
@@ -27,7 +27,7 @@ from .step import Predict, dpo_step
 
 @dataclass(frozen=True)
 class TrainingDefaults:
-    """Settings both front ends share unless the user changes them (PSAlign's SD1.5 recipe, training-notes.md §8)."""
+    """Settings both front ends share unless the user changes them (PSAlign's SD1.5 recipe, docs/training.md §5)."""
 
     lr: float = 5e-6
     lr_schedule: str = "constant_with_warmup"

@@ -1,4 +1,4 @@
-"""The Diffusion-DPO objective in the reference's −0.5·β convention (training-notes.md §1).
+"""The Diffusion-DPO objective in the reference's −0.5·β convention (docs/training.md §1).
 
 For a pair with shared noise and timestep, let `mʷ, mˡ` be the policy's per-sample denoising errors (mean
 over C×H×W) on winner and loser, and `rʷ, rˡ` the reference's. Then

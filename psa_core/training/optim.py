@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule for the adapter (PSAlign defaults, training-notes.md §8)."""
+"""Optimizer and learning-rate schedule for the adapter (PSAlign defaults, docs/training.md §5)."""
 from __future__ import annotations
 
 import math

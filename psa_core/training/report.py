@@ -1,6 +1,6 @@
 """What a training run reports per optimizer step, and the loss/accuracy picture drawn from it.
 
-Per-step DPO metrics are noisy (one random timestep per pair, training-notes.md §9.1), so each row also carries
+Per-step DPO metrics are noisy (one random timestep per pair, docs/training.md §10), so each row also carries
 exponential moving averages, and the picture draws them over the raw values. The trainer writes the rows as
 JSONL and the picture as PNG; the training node shows the picture in the graph.
 """

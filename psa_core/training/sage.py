@@ -1,4 +1,4 @@
-"""The SAGE training layout: `<root>/metadata.jsonl`, images beside it (training-notes.md §11).
+"""The SAGE training layout: `<root>/metadata.jsonl`, images beside it (docs/training.md §6).
 
 Each line is one labelled pair: `chosen`, `rejected` (image names relative to the root), `caption`, and
 `user_data` with at least `User_ID` (`file_name` may be present and is ignored). Every malformed line is

@@ -5,7 +5,7 @@ a batch, with `user_values` the per-layer PSA values `[N, H_l]` (its hook adds `
 attn2 output, see `attn2_shift`) or None for the adapter switched off. The standalone trainer passes a
 diffusers UNet; the ComfyUI training nodes pass ComfyUI's model. Both run exactly this function.
 
-Layout (training-notes.md §2): the B pairs become 2B samples, winners first; the noise and the timesteps are
+Layout (docs/training.md §2): the B pairs become 2B samples, winners first; the noise and the timesteps are
 drawn for B samples and repeated, so winner and loser share both; conditioning and user values are
 repeated in the same order. The reference pass (same UNet, adapter off, no_grad) runs *before* the policy
 pass, so that gradient checkpointing, which re-runs the policy forward during backward, sees the policy's
@@ -66,7 +66,7 @@ class StepResult:
 def attn2_shift(values: torch.Tensor, out_weight: torch.Tensor) -> torch.Tensor:
     """The PSA term of one attn2 layer, `W_out·v` per sample: `[N, H]` → `[N, 1, H]` (added to every token).
 
-    Exact single-token collapse (psa-reference.md §1.3); `out_weight` is that layer's live `to_out[0].weight`
+    Exact single-token collapse (docs/adapter.md §2); `out_weight` is that layer's live `to_out[0].weight`
     and no bias is added (the layer's own to_out bias is already in its output)."""
     return F.linear(values.to(out_weight.dtype), out_weight)[:, None, :]
 
