@@ -3,12 +3,18 @@
 ComfyUI runs its own range and option checks only for the inputs that a node's validate_inputs does not name (and
 for none when it takes **kwargs), so a hand-written validate_inputs silently turns them off. CheckedNode generates
 validate_inputs naming only what the pack must check itself: every float input (NaN passes any range check), every
+combo (ComfyUI 0.3.x never checks a V3 node's combo values: it looks for a list where V3 declares "COMBO"), every
 input in PATH_INPUTS (names of files and folders, under psa_core.paths), and the parameters of the node's
 check_inputs. Those inputs are re-checked against the schema (range, options) first, so no declared limit goes
 unchecked; ComfyUI keeps checking all the others.
+
+At validation a linked input arrives as None, like a literal null, and is left alone; so `execute` checks the same
+widgets and names again, and every int input, with the values it is actually given (a NaN or an out-of-range number
+from a linked node, a null sent for a combo), before the node's own code runs.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -56,10 +62,17 @@ class CheckedNode(io.ComfyNode):
     @classmethod
     def check_values(cls, values: Mapping[str, Any]) -> None:
         """Every check of the generated validate_inputs, raising PSAError: schema limits, path policy, check_inputs."""
+        cls.check_widgets(values, at_run=False)
+        cls.check_inputs(**{name: values.get(name) for name in inspect.signature(cls.check_inputs).parameters})
+
+    @classmethod
+    def check_widgets(cls, values: Mapping[str, Any], at_run: bool) -> None:
+        """Schema limits and path policy of the checked inputs in `values`. At validation None means linked (not
+        known yet); at run time a None for a required input is a literal null and is refused too."""
         schema = {spec.id: spec for spec in cls.define_schema().inputs}  # fresh: combo options follow the folders
         problems = []
         for name, value in values.items():
-            if value is None or name not in schema:
+            if name not in schema or (value is None and not (at_run and not schema[name].optional)):
                 continue
             try:
                 check_widget(schema[name], value)
@@ -69,7 +82,6 @@ class CheckedNode(io.ComfyNode):
                 problems.append(str(error))
         if problems:
             raise InputError("\n".join(problems))
-        cls.check_inputs(**{name: values.get(name) for name in inspect.signature(cls.check_inputs).parameters})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -80,7 +92,7 @@ class CheckedNode(io.ComfyNode):
                             "ComfyUI's own checks of every input it names)")
         schema = cls.define_schema()
         inputs = [spec.id for spec in schema.inputs]
-        names = [spec.id for spec in schema.inputs if isinstance(spec, io.Float.Input)]
+        names = [spec.id for spec in schema.inputs if isinstance(spec, (io.Float.Input, io.Combo.Input))]
         names += [*cls.PATH_INPUTS, *inspect.signature(cls.check_inputs).parameters]
         names = list(dict.fromkeys(names))
         unknown = [name for name in names if name not in inputs]
@@ -89,6 +101,10 @@ class CheckedNode(io.ComfyNode):
         cls._CHECKED_INPUTS = tuple(names)
         if names:
             cls.validate_inputs = classmethod(_validator(names))
+        # At run time also every int: ComfyUI checks a linked int's range at no point.
+        at_run = list(dict.fromkeys(names + [spec.id for spec in schema.inputs if isinstance(spec, io.Int.Input)]))
+        if at_run and "execute" in cls.__dict__:
+            cls.execute = classmethod(_checked_execute(cls.__dict__["execute"].__func__, at_run))
 
 
 def _validator(names: list[str]):
@@ -104,3 +120,15 @@ def _validator(names: list[str]):
     validate_inputs.__signature__ = inspect.Signature(
         [inspect.Parameter("cls", parameter)] + [inspect.Parameter(name, parameter, default=None) for name in names])
     return validate_inputs
+
+
+def _checked_execute(execute, names: list[str]):
+    signature = inspect.signature(execute)
+
+    @functools.wraps(execute)
+    def checked(cls, *args: Any, **kwargs: Any):
+        given = signature.bind(cls, *args, **kwargs).arguments
+        cls.check_widgets({name: given[name] for name in names if name in given}, at_run=True)
+        return execute(cls, *args, **kwargs)
+
+    return checked

@@ -65,3 +65,17 @@ def test_missing_file_and_bad_window(pack, model_folders):
         nodes(pack).PSALoadAdapter.execute("nothing.safetensors")
     assert "must not be larger" in nodes(pack).PSAApply.validate_inputs(start_percent=0.8, end_percent=0.2)
     assert nodes(pack).PSAApply.validate_inputs(start_percent=0.2, end_percent=0.8) is True
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), 11.0])
+def test_apply_checks_the_strength_it_is_given_when_it_runs(pack, sd15_model, strength):
+    """What a link delivers is only known at run time: a NaN or out-of-range strength never reaches the model."""
+    nodes = pack.nodes.nodes_inference
+    family = pack.psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    nested = tm.random_adapter_tensors(family, tm.TINY_EMBEDDING_DIM)
+    adapter = pack.psa_core.LoadedAdapter(family, tm.TINY_EMBEDDING_DIM, dict(nested["user_proj"]),
+                                          [nested["psa_adapter"][f"{layer.index}.to_v_user.0.weight"]
+                                           for layer in family.layers])
+    embedding = pack.psa_core.UserEmbedding(torch.zeros(1, tm.TINY_EMBEDDING_DIM))
+    with pytest.raises(pack.psa_core.PSAError, match="strength .* allowed: a finite number from -10 to 10"):
+        nodes.PSAApply.execute(sd15_model, adapter, embedding, strength, 0.0, 1.0)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from http_server import ServerError
 from node_prompts import PROMPT_FILE, errors_of, names_the_input, node_prompt, text_of, write_assets
 
 
@@ -42,13 +43,13 @@ def test_apply_refuses_percents_outside_zero_to_one(server, object_info, name, v
     assert "allowed: a finite number from 0 to 1" in refusal(server, prompt, name)
 
 
-def test_comfyui_keeps_checking_the_inputs_the_pack_leaves_to_it(server, object_info):
+def test_ranges_comfyui_checks_and_combos_the_pack_checks_are_both_enforced(server, object_info):
     prompt = node_prompt(object_info, "PSALoadSageDataset", {"held_out_percent": 101})
     status, body = server.request("/prompt", {"prompt": prompt})
     assert status == 400 and [e["type"] for e in errors_of(body)] == ["value_bigger_than_max"]
-    prompt = node_prompt(object_info, "PSAUserProfile", {"gender": "robot"})
-    status, body = server.request("/prompt", {"prompt": prompt})
-    assert status == 400 and [e["type"] for e in errors_of(body)] == ["value_not_in_list"]
+    # Combos the pack checks itself, on every ComfyUI (0.3.x checks no V3 combo value), naming the allowed values.
+    message = refusal(server, node_prompt(object_info, "PSAUserProfile", {"gender": "robot"}), "gender")
+    assert "gender 'robot' is not allowed; allowed: " in message and "female" in message
 
 
 @pytest.mark.parametrize("node, name, value", [
@@ -134,3 +135,14 @@ def test_prompt_pair_json_that_python_cannot_parse_is_reported_by_line(server, o
 def test_a_good_prompt_still_runs(server, object_info):
     entry = server.run_prompt(node_prompt(object_info, "PSALoadPromptPairs", {"file": PROMPT_FILE}), timeout=60)
     assert "a bloody fight" in json.dumps(entry["outputs"]["out"])
+
+
+@pytest.mark.parametrize("class_type, value", [("PrimitiveInt", 1000), ("PrimitiveInt", -3)])
+def test_a_linked_number_is_checked_when_the_node_runs(server, object_info, class_type, value):
+    """A link arrives as None at validation (neither ComfyUI nor the pack can check it then), so the node checks
+    the value it is given when it runs: an age of 1000 from a Primitive node stops the prompt, naming the input."""
+    prompt = node_prompt(object_info, "PSAUserProfile", {"age": ["age_source", 0]})
+    prompt["age_source"] = {"class_type": class_type, "inputs": {"value": value}}
+    with pytest.raises(ServerError) as failed:
+        server.run_prompt(prompt, timeout=60)
+    assert f"age {value} is out of range; allowed: " in str(failed.value)

@@ -164,7 +164,7 @@ def test_encode_errors_name_what_was_wrong(pack, register_folders, model_folders
         encode(pack, profile, encoder="llm", llm="Qwen-missing")
     with pytest.raises(pack.psa_core.PSAError, match=r"template file 'nothing.txt' not found; looked in: .*psa"):
         encode(pack, profile, encoder="llm", template="nothing.txt")
-    with pytest.raises(pack.psa_core.PSAError, match="unknown encoder 'bert'; allowed: llm, structured"):
+    with pytest.raises(pack.psa_core.PSAError, match="encoder 'bert' is not allowed; allowed: llm, structured"):
         encode(pack, profile, encoder="bert")
 
 
