@@ -2,6 +2,7 @@
 compute what the diffusers modules compute (fp32, CPU), and their weights are inference tensors."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from transformers import CLIPTokenizer
 
 import comfy_tiny
+from numerics import FLOAT64_SLACK, assert_same_after_float32_rounding
 from trainer.synthetic import ModelSpec, build_components, build_vae, write_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,6 +36,13 @@ def tiny(request, folder_paths, tokenizer_folder):
             comfy_tiny.comfy_clip(components, tokenizer_folder))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet64(tiny):
+    """The same UNet in float64 on both sides (diffusers' module converted, ComfyUI's built with dtype=float64)."""
+    components = dataclasses.replace(tiny.components, unet=copy.deepcopy(tiny.components.unet).double())
+    return components, comfy_tiny.comfy_unet(components, torch.float64)
 
 
 def largest_error(actual, expected) -> str:
@@ -82,31 +91,45 @@ def unet_inputs(tiny, batch: int = 2):
     return x, context, diffusers_extra, comfy_extra
 
 
-def test_diffusion_model_matches_diffusers_unet(tiny):
-    x, context, diffusers_extra, comfy_extra = unet_inputs(tiny)
+def test_diffusion_model_matches_diffusers_unet(tiny, tiny_unet64):
+    """In float64 on both sides: equal to float64 rounding (tests/numerics.py), on any CPU."""
+    components, model = tiny_unet64
+    x, context, diffusers_extra, comfy_extra = (t.double() if isinstance(t, torch.Tensor) else t
+                                                for t in unet_inputs(tiny))
+    diffusers_extra = {"added_cond_kwargs": {k: v.double() for k, v in diffusers_extra["added_cond_kwargs"].items()}} \
+        if diffusers_extra else {}
+    comfy_extra = {k: v.double() for k, v in comfy_extra.items()}
     timesteps = torch.tensor([10.0, 700.0])
     with torch.no_grad():
-        expected = tiny.components.unet(x, timesteps, encoder_hidden_states=context, **diffusers_extra).sample
+        expected = components.unet(x, timesteps, encoder_hidden_states=context, **diffusers_extra).sample
     with torch.inference_mode():
-        actual = tiny.model.model.diffusion_model(x, timesteps, context, **comfy_extra)
+        actual = model.model.diffusion_model(x, timesteps, context, **comfy_extra)
     print(tiny.components.spec.family, "UNet:", largest_error(actual, expected))
-    assert_matches(actual, expected)
+    assert actual.dtype == expected.dtype == torch.float64
+    bound = FLOAT64_SLACK * expected.abs().max().item()
+    assert (actual - expected).abs().max().item() <= bound, largest_error(actual, expected)
 
 
-def test_apply_model_is_the_epsilon_prediction_at_comfyui_timesteps(tiny):
-    """BaseModel.apply_model (what samplers call): x - σ·ε(x/√(σ²+1), t(σ)) with the diffusers UNet's ε."""
+def test_apply_model_is_the_epsilon_prediction_at_comfyui_timesteps(tiny, tiny_unet64):
+    """BaseModel.apply_model (what samplers call): x - σ·ε(x/√(σ²+1), t(σ)) with the diffusers UNet's ε; float64 on
+    both sides, ComfyUI's own float32 rounding of its result bounded as tests/numerics.py derives it."""
+    components, model = tiny_unet64
     x, context, diffusers_extra, comfy_extra = unet_inputs(tiny)
-    base = tiny.model.model
+    base = model.model
     sigma = base.model_sampling.sigmas[torch.tensor([10, 700])]
     with torch.inference_mode():
         denoised = base.apply_model(x, sigma, c_crossattn=context, **comfy_extra)
         timesteps = base.model_sampling.timestep(sigma).float()
     scale = sigma.reshape(-1, 1, 1, 1)
+    scaled_input = x / (scale ** 2 + 1.0) ** 0.5  # in float32, as ComfyUI's model_sampling scales it
+    added = {"added_cond_kwargs": {k: v.double() for k, v in diffusers_extra["added_cond_kwargs"].items()}} \
+        if diffusers_extra else {}
     with torch.no_grad():
-        epsilon = tiny.components.unet(x / (scale ** 2 + 1).sqrt(), timesteps, encoder_hidden_states=context,
-                                       **diffusers_extra).sample
-    assert_matches(timesteps, torch.tensor([10.0, 700.0]))
-    assert_matches(denoised, x - scale * epsilon)
+        epsilon = components.unet(scaled_input.double(), timesteps, encoder_hidden_states=context.double(),
+                                  **added).sample
+    scale = scale.double()
+    assert torch.equal(timesteps, torch.tensor([10.0, 700.0]))
+    assert_same_after_float32_rounding(denoised, x.double() - scale * epsilon, x, "apply_model vs diffusers")
 
 
 @pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "uncalibrated"])
