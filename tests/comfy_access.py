@@ -52,6 +52,8 @@ def attn2_output_patches(model_or_options) -> list:
     receives (`args["c"]["transformer_options"]`: the objects this very call uses; ComfyUI 0.3.x deep-copies
     model_options on every clone), in the order they run. ComfyUI keeps what `set_model_attn2_output_patch` adds
     there; there is no getter."""
-    options = getattr(model_or_options, "model_options", {}).get("transformer_options", {}) \
-        if hasattr(model_or_options, "model_options") else model_or_options
+    if hasattr(model_or_options, "model_options"):
+        options = model_or_options.model_options.get("transformer_options", {})
+    else:
+        options = model_or_options
     return list(options.get("patches", {}).get("attn2_output_patch", []))
