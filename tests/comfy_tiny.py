@@ -165,7 +165,7 @@ def posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     comfy.model_management.load_models_gpu([vae.patcher])  # as VAE.encode does
     model = vae.first_stage_model
     moments = model.quant_conv(model.encoder(pixels.to(vae.device, vae.vae_dtype)))
-    distribution = DiagonalGaussianDistribution(moments.float())
+    distribution = DiagonalGaussianDistribution(moments)  # in the VAE's dtype
     return distribution.mean, distribution.std
 
 

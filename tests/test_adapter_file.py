@@ -1,6 +1,8 @@
 """Adapter files: the reference .bin and flat .safetensors in, our flat safetensors out, bad files refused."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import pickle
 
 import pytest
@@ -10,6 +12,7 @@ from torch import nn
 
 import tiny_models as tm
 from naive_reference import naive_user_token
+from numerics import FLOAT64_SLACK
 from psa_core import AdapterFileError, get_family, load_adapter, reference_state_dicts, save_adapter
 from psa_core.adapter import PSAAdapter
 
@@ -89,14 +92,22 @@ def test_saved_file_loads_strictly_in_the_reference_layout_and_round_trips(tmp_p
 
 
 def test_trainable_module_and_loaded_adapter_agree(tmp_path):
+    """The module's forward and the loaded view's user values both compute W_v LN(P e + b), by different calls;
+    compared in float64 (a float64 copy of the module, the view's float32 tensors widened exactly): equal to
+    float64 rounding (FLOAT64_SLACK of the scale, tests/numerics.py)."""
     module = PSAAdapter(FAMILY, E)
     with torch.no_grad():
         for linear in module.to_v_user:
             linear.weight.normal_()
     loaded = module.as_loaded(name="trained")
-    embeddings = torch.randn(3, E)
-    for from_module, from_loaded in zip(module(embeddings), loaded.user_values(embeddings).per_layer):
-        assert torch.allclose(from_module, from_loaded[:3], rtol=1e-5, atol=1e-5)
+    wide = dataclasses.replace(loaded, projection={k: v.double() for k, v in loaded.projection.items()},
+                               value_weights=[w.double() for w in loaded.value_weights])
+    embeddings = torch.randn(3, E, dtype=torch.float64)
+    for from_module, from_loaded in zip(copy.deepcopy(module).double()(embeddings),
+                                        wide.user_values(embeddings).per_layer, strict=True):
+        assert from_module.dtype == from_loaded.dtype == torch.float64
+        bound = FLOAT64_SLACK * from_loaded.abs().max().item()
+        assert (from_module - from_loaded[:3]).abs().max().item() <= bound
     back = PSAAdapter.from_loaded(load_adapter(save_adapter(loaded, tmp_path / "t.safetensors")))
     for a, b in zip(module.parameters(), back.parameters()):
         assert torch.equal(a, b)

@@ -70,13 +70,22 @@ def test_hand_computed_per_pair_loss_is_the_mean_of_per_pair_terms():
     insides = [-0.5 * beta * d for d in deltas]  # 0.5, -2.5, 1.0
     expected = sum(math.log1p(math.exp(-x)) for x in insides) / 3
     out = dpo_loss(policy_w, policy_l, reference_w, reference_l, beta)
-    assert torch.allclose(out.inside, torch.tensor(insides), atol=2e-3)
-    assert out.loss.item() == pytest.approx(expected, abs=1e-3)
-    assert out.loss.item() == pytest.approx(1.12208, abs=2e-3)  # by hand: (0.47408 + 2.57889 + 0.31326) / 3
+    assert expected == pytest.approx(1.12208, abs=1e-5)  # by hand: (0.47408 + 2.57889 + 0.31326) / 3
+    # Against the decimals, in float32: each of the four inputs is within u·|value| of its decimal (u = 2⁻²⁴),
+    # and the three subtractions and the product by −β/2 round once each, so with S = Σ|inputs| (≥ every partial
+    # result) |inside − exact| ≤ (β/2)·u·(S + 3S) + u·|inside| ≤ β·u·(2S + 1) elementwise; the loss, a mean of
+    # log(1 + e^(−inside)) (slope below 1), is off by at most that plus a few roundings of its own (2u·loss).
+    u = 2.0 ** -24
+    total = (policy_w.abs() + policy_l.abs() + reference_w.abs() + reference_l.abs()).double()
+    bound = beta * u * (2 * total + 1)
+    assert torch.all((out.inside.double() - torch.tensor(insides, dtype=torch.float64)).abs() <= bound)
+    assert abs(out.loss.item() - expected) <= bound.max().item() + 2 * u * expected
     wrong = math.log1p(math.exp(-sum(insides) / 3))  # −log σ(mean inside), the diffusers#6702 bug
     assert abs(out.loss.item() - wrong) > 0.2
     assert out.implicit_accuracy.item() == pytest.approx(2 / 3)
-    assert torch.allclose(out.reward_winner - out.reward_loser, out.inside, atol=1e-3)
+    # equal in exact arithmetic; the rewards' float32 roundings (each product and difference, scale β/2·S)
+    rewards = (out.reward_winner - out.reward_loser).double()
+    assert torch.all((rewards - out.inside.double()).abs() <= 2 * bound)
 
 
 def test_sign_convention_lower_policy_error_on_the_winner_is_rewarded():
@@ -107,8 +116,10 @@ def test_half_beta_convention_equals_diffusers_beta():
 
 def test_per_sample_mse_is_the_mean_over_all_but_the_batch_axis():
     prediction, target = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-    expected = torch.stack([((prediction[i] - target[i]) ** 2).sum() / 12 for i in range(4)])
-    assert torch.allclose(per_sample_mse(prediction.half(), target), expected, atol=1e-2)
+    rounded = prediction.half()
+    expected = torch.stack([((rounded[i].double() - target[i].double()) ** 2).sum() / 12 for i in range(4)])
+    # float32 from the float16 values: 12 differences, squares and a sum of 12, one rounding each (γ₂₄ < 25u)
+    assert torch.all((per_sample_mse(rounded, target).double() - expected).abs() <= 25 * 2.0 ** -24 * expected)
     assert per_sample_mse(prediction.half(), target).dtype == torch.float32
 
 
@@ -261,5 +272,5 @@ def test_noise_schedule_matches_diffusers_ddpm_scheduler():
     timesteps = torch.tensor([0, 1, 500, 998, 999])
     assert torch.equal(ours.add_noise(clean, noise, timesteps), theirs.add_noise(clean, noise, timesteps))
     v = DDPMSchedule.scaled_linear(prediction_type="v_prediction")
-    assert torch.allclose(v.target(clean, noise, timesteps), theirs.get_velocity(clean, noise, timesteps), atol=1e-6)
+    assert torch.equal(v.target(clean, noise, timesteps), theirs.get_velocity(clean, noise, timesteps))
     assert torch.equal(ours.target(clean, noise, timesteps), noise)
