@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.append(str(REPO))  # testkit (tests/tiny_models.py builds from it), after ComfyUI
 from comfy_env import import_comfy_in_process, import_pack  # noqa: E402
 
 

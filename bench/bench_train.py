@@ -50,22 +50,22 @@ from psa_core.training.labelling import read_labelled_pairs, read_profiles
 from psa_core.training.loss import dpo_loss, per_sample_mse
 from psa_core.training.noise import DDPMSchedule
 from psa_core.training.step import dpo_step, repeat_pairs
-from trainer.encode import image_encoder, text_encoder
-from trainer.hook import DiffusersPSAPredictor
-from trainer.models import Encoders
-from trainer.synthetic import (
+from testkit.models import (
     ModelSpec,
     build_text_encoders,
     build_unet,
     build_vae,
     write_tokenizer,
 )
-from trainer.synthetic_data import write_pairs, write_profiles
+from testkit.preference_data import write_pairs, write_profiles
+from trainer.encode import image_encoder, text_encoder
+from trainer.hook import DiffusersPSAPredictor
+from trainer.models import Encoders
 
 from memory import Memory  # bench/memory.py, beside this script
 
 EMBEDDING_DIM = 3584
-DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the trainer's --precision names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, help="pairs per step (default: 4 on cuda, 1 on cpu)")
     parser.add_argument("--steps", type=int, help="timed steps (default: 10 on cuda, 3 on cpu)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--precision", choices=tuple(DTYPES), help="default: bf16 on cuda, no on cpu")
+    parser.add_argument("--precision", choices=tuple(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for both arms")
     parser.add_argument("--min-speedup", type=float, default=1.5)
     parser.add_argument("--max-memory-ratio", type=float, default=0.7)
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.resolution = args.resolution or (512 if gpu else 128)
     args.batch = args.batch or (4 if gpu else 1)
     args.steps = args.steps or (10 if gpu else 3)
-    args.precision = args.precision or ("bf16" if gpu else "no")
+    args.precision = args.precision or ("bf16" if gpu else "fp32")
     return args
 
 
@@ -149,7 +149,7 @@ def timed(args, step, memory: Memory) -> float:
 
 
 def autocast(args):
-    enabled = args.precision != "no"
+    enabled = args.precision != "fp32"
     return lambda: torch.autocast(args.device, dtype=DTYPES[args.precision], enabled=enabled)
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from memory import Memory  # bench/memory.py, beside this script  # noqa: E402
 
-PRECISION_FLAGS = {"bf16": ("bf16", "bfloat16"), "no": ("no", "float32")}  # trainer flag, ComfyUI dtype name
+PRECISION_FLAGS = {"bf16": ("bf16", "bfloat16"), "fp32": ("fp32", "float32")}  # trainer flag, ComfyUI dtype name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, help="default: 4 on cuda, 2 on cpu")
     parser.add_argument("--steps", type=int, help="timed steps (default: 10 on cuda, 3 on cpu)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
-    parser.add_argument("--precision", choices=tuple(PRECISION_FLAGS), help="default: bf16 on cuda, no on cpu")
+    parser.add_argument("--precision", choices=tuple(PRECISION_FLAGS), help="default: bf16 on cuda, fp32 on cpu")
     parser.add_argument("--pairs", type=int, default=24)
     parser.add_argument("--check", action="store_true", help="exit 1 unless both ratios are <= 1.10")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch = args.batch or (4 if cuda else 1)
     args.steps = args.steps or (10 if cuda else 3)
     args.warmup = args.warmup or (3 if cuda else 1)
-    args.precision = args.precision or ("bf16" if cuda else "no")
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
     return args
 
 
@@ -72,8 +72,8 @@ def comfy_tokenizer() -> Path:
 def prepare(args: argparse.Namespace, work: Path) -> None:
     import torch
 
-    from trainer.synthetic import ModelSpec, build_components, save_single_file
-    from trainer.synthetic_data import write_pairs, write_profiles
+    from testkit.models import ModelSpec, build_components, save_single_file
+    from testkit.preference_data import write_pairs, write_profiles
 
     save_single_file(build_components(ModelSpec.real("sd15")), work / "base.safetensors",
                      torch.float16 if args.device == "cuda" else torch.float32)
@@ -131,7 +131,7 @@ def run_node(args: argparse.Namespace, work: Path) -> dict:
         elif step > args.warmup:
             seconds.append(row["seconds"])
 
-    settings = training_run.TrainingSettings(args.warmup + args.steps, 1e-4, args.batch, seed=0)
+    settings = training_run.in_graph_config(dataset, args.warmup + args.steps, lr=1e-4, batch=args.batch, seed=0)
     with torch.inference_mode():
         training_run.train_in_graph(model, clip, vae, dataset, settings, encoder="psa-structured-v1",
                                     on_step=on_step)

@@ -1,20 +1,22 @@
 """The PSA cross-attention patch: one `attn2_output_patch` that adds each layer's user term.
 
-For layer l, cond chunks get `to_out(s·W_v u) − to_out(0) = s·W_out W_v u` added after `to_out`, and
-uncond chunks the same with the null user u0 (docs/adapter.md §2, §4). The difference goes through
-the model's own `to_out` module, so the live weights are used: LoRA patches, low-VRAM casting and
-weight functions all apply exactly as they do to the base attention.
+For layer l, cond chunks get `s·W_out W_v u` added after `to_out`, and uncond chunks the same with the null
+user u0 (docs/adapter.md §2, §4): the core's `attn2_shift`, the formula training uses, applied to the live
+`W_out`, the weight the layer's own forward multiplies by in this call (`live_out_weight`), so LoRA patches,
+low-VRAM casting and weight functions apply exactly as they do to the base attention (docs/comfyui.md §2).
 """
 from __future__ import annotations
 
 import copy
 import re
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ..psa_core import CompatibilityError, LoadedAdapter, UserEmbedding, get_family
+from ..psa_core import CompatibilityError, LoadedAdapter, UserEmbedding, attn2_shift, get_family
 from ..psa_core.families import ComfyKey, Family
 from ..psa_core.numbers import check_number
 
@@ -46,19 +48,40 @@ def describe_model(layers: dict[ComfyKey, nn.Module], context_dim: int | None) -
     return f"a model with {len(layers)} SD-style cross-attention layers and context {context_dim}"
 
 
+@contextmanager
+def live_out_weight(to_out: nn.Module, like: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The weight `to_out` (an attn2 `to_out[0]`) multiplies by when called on `like`, as its own forward gets it:
+    ComfyUI's cast to `like`'s device and dtype with the LoRA weight functions of low-VRAM loading applied (and the
+    offload stream released afterwards, as the forward does), the layer's own cast for layers that dequantize their
+    weights themselves (ComfyUI-GGUF's), or the plain weight of a layer that casts nothing."""
+    own_cast = getattr(to_out, "cast_bias_weight", None)
+    if callable(own_cast):
+        weight, _ = own_cast(like)
+        yield weight
+    elif getattr(to_out, "comfy_cast_weights", False) or getattr(to_out, "weight_function", None) \
+            or getattr(to_out, "bias_function", None):
+        import comfy.ops
+
+        weight, bias, offload = comfy.ops.cast_bias_weight(to_out, like, offloadable=True)
+        try:
+            yield weight
+        finally:
+            comfy.ops.uncast_bias_weight(to_out, weight, bias, offload)
+    else:
+        yield to_out.weight
+
+
 class _LayerCache:
     """Offsets of one layer for one sampling run, device and dtype (see PSAAttentionPatch._offsets)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, run: torch.Tensor, offsets: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, run: torch.Tensor, offsets: torch.Tensor):
         self.weight = weakref.ref(weight)
-        self.bias = weakref.ref(bias) if bias is not None else None
         self.run = weakref.ref(run)
         self.offsets = offsets
         self.per_sample: dict[tuple, torch.Tensor] = {}
 
-    def valid_for(self, weight, bias, run) -> bool:
-        return (self.weight() is weight and self.run() is run
-                and (self.bias() if self.bias is not None else None) is bias)
+    def valid_for(self, weight: torch.Tensor, run: torch.Tensor) -> bool:
+        return self.weight() is weight and self.run() is run
 
 
 class PSAAttentionPatch:
@@ -102,31 +125,28 @@ class PSAAttentionPatch:
         return moved
 
     def _offsets(self, key: ComfyKey, to_out: nn.Module, like: torch.Tensor, run) -> _LayerCache | torch.Tensor:
-        """`s·W_out·W_v·[u_1..u_N, u0]` through the model's own `to_out` (its bias cancels).
+        """`attn2_shift(s·W_v·[u_1..u_N, u0], W_out)`, `[N+1, 1, H]`, in `like`'s dtype and on its device.
 
-        Within one sampling run (one `sample_sigmas` tensor) and for the same weight objects the result
+        Within one sampling run (one `sample_sigmas` tensor) and for the same weight object the result
         cannot change, so it is cached; weight functions (low-VRAM LoRA) are evaluated on every call."""
-        weight, bias = to_out.weight, getattr(to_out, "bias", None)
-        cacheable = run is not None and not getattr(to_out, "weight_function", None) \
-            and not getattr(to_out, "bias_function", None)
+        cacheable = run is not None and not getattr(to_out, "weight_function", None)
         cache_key = (key, like.device, like.dtype)
         if cacheable:
             cached = self._cache.get(cache_key)
-            if cached is not None and cached.valid_for(weight, bias, run):
+            if cached is not None and cached.valid_for(to_out.weight, run):
                 return cached
-        values = self.values[key].to(like.device) * self.strength
-        rows = torch.cat([values, values.new_zeros(1, values.shape[1])]).to(like.dtype)
-        projected = to_out(rows)
-        offsets = projected[:-1] - projected[-1:]
+        values = (self.values[key].to(like.device) * self.strength).to(like.dtype)
+        with live_out_weight(to_out, values) as weight:
+            offsets = attn2_shift(values, weight).to(like.dtype)
         if not cacheable:
             return offsets
-        entry = _LayerCache(weight, bias, run, offsets)
+        entry = _LayerCache(to_out.weight, run, offsets)
         self._cache[cache_key] = entry
         return entry
 
     def _user_rows(self, offsets: torch.Tensor, chunk: int) -> torch.Tensor:
         if self.num_users == 1:
-            return offsets[:1].expand(chunk, -1)
+            return offsets[:1].expand(chunk, -1, -1)
         if self.num_users != chunk:
             raise CompatibilityError(f"the PSA embedding holds {self.num_users} profiles but the sampler batch has "
                                      f"{chunk} latents; make the batch size equal to the number of profiles "
@@ -135,8 +155,8 @@ class PSAAttentionPatch:
 
     def _per_sample(self, offsets: torch.Tensor, flags: list[int], chunk: int) -> torch.Tensor:
         null_row = offsets[self.num_users:self.num_users + 1]
-        return torch.cat([null_row.expand(chunk, -1) if flag == 1 else self._user_rows(offsets, chunk)
-                          for flag in flags])[:, None, :]
+        return torch.cat([null_row.expand(chunk, -1, -1) if flag == 1 else self._user_rows(offsets, chunk)
+                          for flag in flags])
 
     def __call__(self, out: torch.Tensor, extra_options: dict) -> torch.Tensor:
         block = extra_options.get("block")

@@ -10,61 +10,43 @@ rewrite of a prompt.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
 from ..psa_core.dataset_build import (PAIRS_NAME, PairDataset, PairItem, PromptPairs, parse_extra_categories,
                                       read_prompt_pairs)
-from ..psa_core.dataset_build.prompt_pairs import MAX_SEED, SUFFIXES
+from ..psa_core.dataset_build.prompt_pairs import MAX_SEED
+from ..psa_core.dataset_build.provenance import rendered_settings
 from ..psa_core.encoders import DTYPE_CHOICES
-from ..psa_core.errors import InputError, shown
-from ..psa_core.paths import candidates
+from ..psa_core.errors import shown
+from ..psa_core.fingerprint import file_fingerprint
 from ..psa_core.training.errors import DatasetError
 from .checked_node import CheckedNode, about
-from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE, WriteName, input_folder, output_folder
-from .nodes_profile import DEVICES, _after_release, _before_load
+from .comfy_paths import DATASET_FOLDER, LLM_FOLDER, OUTSIDE_RULE, PROMPT_PAIR_FILE
+from .model_memory import DEVICES, after_release, before_load, llm_device
 
 CATEGORY = "PSA/dataset"
 DEFAULT_DATASET = "psa_dataset"
-PROMPT_MARK, SEED_MARK = "<prompt>", "<seed>"
 MAX_INDEX = 10_000_000
-_parsed: dict[tuple, PromptPairs] = {}  # (path, size, mtime, extras) → parsed file; V3 nodes keep no state
-
-
-def _prompt_files() -> list[str]:
-    folder = folder_paths.get_input_directory()
-    if not os.path.isdir(folder):
-        return []
-    return sorted(name for name in os.listdir(folder)
-                  if name.lower().endswith(SUFFIXES) and os.path.isfile(os.path.join(folder, name)))
-
-
-def _prompt_file_path(file: str) -> Path:
-    folder = input_folder()
-    allowed = f"a .csv or .jsonl file directly in ComfyUI's input folder ({folder})"
-    (path,) = candidates(file, "file", [folder], allowed)
-    if path.parent != folder:
-        raise InputError(f"file {shown(file)} is not allowed (in a sub-folder); allowed: {allowed}")
-    return path
+_parsed: dict[tuple, PromptPairs] = {}  # (file fingerprint, extras) → parsed file; V3 nodes keep no state
 
 
 def load_prompt_pairs(file: str, extra_categories: str) -> PromptPairs:
-    path = _prompt_file_path(file)
-    stat = path.stat() if path.is_file() else None
-    key = (str(path), stat and stat.st_size, stat and stat.st_mtime_ns, extra_categories)
+    """The parsed prompt-pair file, re-read only when the file or the extra categories changed."""
+    path = PROMPT_PAIR_FILE.find(file, "file")
+    key = (file_fingerprint(path), extra_categories)
     if key not in _parsed:
-        pairs = read_prompt_pairs(path, extra_categories)  # raises for a missing file, naming it
+        with about("file"):
+            pairs = read_prompt_pairs(path, extra_categories)
         _parsed.clear()
         _parsed[key] = pairs
     return _parsed[key]
 
 
 class PSALoadPromptPairs(CheckedNode):
+    PATH_INPUTS = {"file": PROMPT_PAIR_FILE}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -77,7 +59,7 @@ class PSALoadPromptPairs(CheckedNode):
                         "'count' prompts with index on 'increment' to render the whole file. The whole file is "
                         "checked first; problems are reported with their line numbers.",
             inputs=[
-                io.Combo.Input("file", options=_prompt_files(),
+                io.Combo.Input("file", options=PROMPT_PAIR_FILE.names(),
                                tooltip="A .csv or .jsonl prompt-pair file in ComfyUI's input folder."),
                 io.Int.Input("index", default=0, min=0, max=MAX_INDEX, control_after_generate=True,
                              tooltip="Which item (0 = the first pair of the file). Set it to 'increment' after "
@@ -109,8 +91,7 @@ class PSALoadPromptPairs(CheckedNode):
                 parse_extra_categories(extra_categories)
         if file is not None and extra_categories is not None:
             try:
-                with about("file"):
-                    pairs = load_prompt_pairs(file, extra_categories)
+                pairs = load_prompt_pairs(file, extra_categories)
             except OSError as error:
                 raise DatasetError(f"file {shown(file)} cannot be read ({error.strerror})") from None
             if index is not None:
@@ -118,9 +99,7 @@ class PSALoadPromptPairs(CheckedNode):
 
     @classmethod
     def fingerprint_inputs(cls, file: str, index: int, base_seed: int, extra_categories: str) -> str:
-        path = _prompt_file_path(file)
-        stat = path.stat() if path.is_file() else None
-        return f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}:{index}:{base_seed}:{extra_categories}"
+        return f"{PROMPT_PAIR_FILE.fingerprint(file, 'file')}:{index}:{base_seed}:{extra_categories}"
 
     @classmethod
     def execute(cls, file: str, index: int, base_seed: int, extra_categories: str) -> io.NodeOutput:
@@ -128,122 +107,6 @@ class PSALoadPromptPairs(CheckedNode):
         item = pairs.item(index)
         return io.NodeOutput(item.unsafe_prompt, item.safe_prompt, item.category, item.concept,
                              item.seed_for(index, base_seed), len(pairs), ", ".join(pairs.extra_categories))
-
-
-# ---- what rendered the images: the queued graph upstream of each image input ----
-
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
-def upstream(prompt: dict, source, marks: list[tuple[str, object, str | None]]) -> object:
-    """The graph that produced `source` (a link or a value) as nested data: each node as {node, output, inputs}.
-    Values matching a mark (mark, value, input-name fragment or None) are replaced by the mark's name; a literal
-    only matches where the input's name contains the fragment (so a seed of 5 does not mark steps=5)."""
-    memo: dict[tuple, dict] = {}
-
-    def expand(value, name: str):
-        for mark, target, fragment in marks:
-            if (value == target and _is_link(value) == _is_link(target) and type(value) is type(target)
-                    and (_is_link(value) or fragment is None or fragment in name)):
-                return mark
-        if not _is_link(value):
-            return value
-        key = tuple(value)
-        if key not in memo:
-            node = prompt.get(value[0])
-            if node is None:
-                raise DatasetError(f"the queued graph links to a missing node {value[0]}")
-            memo[key] = {"node": node.get("class_type"), "output": value[1],
-                         "inputs": {k: expand(v, k) for k, v in sorted(node.get("inputs", {}).items())}}
-        return memo[key]
-
-    return expand(source, "")
-
-
-def _short(value) -> str:
-    if isinstance(value, dict) and "node" in value:
-        return f"the output of {value['node']}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def first_difference(a, b, where: str = "", compared: set | None = None) -> str | None:
-    """Where two upstream graphs differ first, as `Node.input <- Node.input: a vs b`, or None. Each pair of shared
-    sub-graphs is compared once, so long chains of nodes that feed each other twice stay cheap."""
-    compared = set() if compared is None else compared
-    if isinstance(a, dict) and isinstance(b, dict) and "node" in a and "node" in b:
-        if (id(a), id(b)) in compared:
-            return None
-        compared.add((id(a), id(b)))
-        if (a["node"], a["output"]) != (b["node"], b["output"]):
-            return f"{where or 'image'}: {_short(a)} vs {_short(b)}"
-        for name in sorted(set(a["inputs"]) | set(b["inputs"])):
-            found = first_difference(a["inputs"].get(name, "(absent)"), b["inputs"].get(name, "(absent)"),
-                                     f"{where + ' <- ' if where else ''}{a['node']}.{name}", compared)
-            if found:
-                return found
-        return None
-    if a == b:
-        return None
-    return f"{where}: {_short(a)} (unsafe) vs {_short(b)} (safe)"
-
-
-def _contains(graph, mark: str, visited: set | None = None) -> bool:
-    visited = set() if visited is None else visited
-    if graph == mark:
-        return True
-    if isinstance(graph, dict) and id(graph) not in visited:
-        visited.add(id(graph))
-        return any(_contains(v, mark, visited) for v in graph["inputs"].values())
-    return False
-
-
-def _flatten(graph) -> list[dict]:
-    """The upstream nodes, image first, with their literal inputs (each different entry once): what the record
-    keeps as settings."""
-    nodes, seen = [], set()
-
-    def walk(value):
-        if not isinstance(value, dict) or id(value) in seen:
-            return
-        seen.add(id(value))
-        entry = {"class_type": value["node"], **{k: v for k, v in value["inputs"].items() if not isinstance(v, dict)}}
-        if entry not in nodes:
-            nodes.append(entry)
-        for v in value["inputs"].values():
-            walk(v)
-
-    walk(graph)
-    return nodes
-
-
-def rendered_settings(prompt: dict | None, node_id: str | None, seed: int) -> list[dict] | None:
-    """Check that both images come from the same graph apart from their prompts, with this node's prompts and
-    seed, and return that graph (flattened). None when the queued graph is not available."""
-    if not prompt or node_id not in prompt:
-        return None
-    inputs = prompt[node_id].get("inputs", {})
-    seed_marks = [(SEED_MARK, seed, "seed")] + ([(SEED_MARK, inputs["seed"], None)] if _is_link(inputs.get("seed"))
-                                               else [])
-    graphs = {}
-    for side in ("unsafe", "safe"):
-        marks = [(PROMPT_MARK, inputs.get(f"{side}_prompt"), None), *seed_marks]
-        graphs[side] = upstream(prompt, inputs.get(f"{side}_images"), marks)
-        if not _contains(graphs[side], PROMPT_MARK):
-            raise DatasetError(f"the {side} images were not rendered from the {side}_prompt given to this node; link "
-                               f"the same prompt to the {side} sampler's text encoder and to {side}_prompt here")
-    difference = first_difference(graphs["unsafe"], graphs["safe"])
-    if difference:
-        raise DatasetError("the unsafe and safe images must be rendered with the same seed, model and settings, "
-                           f"differing only in their prompts; they differ at {difference}")
-    if not _contains(graphs["unsafe"], SEED_MARK):
-        raise DatasetError(f"the images were not rendered with the seed given to this node ({seed}); link the same "
-                           "seed to both samplers and to this node's seed")
-    return _flatten(graphs["unsafe"])
-
-
-DATASET_FOLDER = WriteName("dataset folder name", output_folder, "ComfyUI's output folder", subfolders=True)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -304,14 +167,10 @@ class PSASavePreferencePair(CheckedNode):
         if graph is not None:
             settings["graph"] = graph
         target = PairDataset(DATASET_FOLDER.path(dataset, "dataset"))
-        written = []
-        for batch_index, (unsafe, safe) in enumerate(zip(to_uint8(unsafe_images), to_uint8(safe_images))):
-            item = PairItem(category, concept.strip(), unsafe_prompt.strip(), safe_prompt.strip(), seed, batch_index)
-            written.append(target.write_pair(item, unsafe, safe, settings, extra_categories))
-        lines = [f"{'replaced' if w.replaced else 'added'} pair {w.number:05d}: {w.unsafe}, {w.safe}" for w in written]
-        counts = ", ".join(f"{k} {v}" for k, v in target.summary().items())
-        lines.append(f"{target.folder}: {sum(target.summary().values())} pairs ({counts})")
-        return io.NodeOutput(str(target.folder / PAIRS_NAME), ui=ui.PreviewText("\n".join(lines)))
+        item = PairItem(category, concept.strip(), unsafe_prompt.strip(), safe_prompt.strip(), seed)
+        written = target.write_batch(item, to_uint8(unsafe_images), to_uint8(safe_images), settings, extra_categories)
+        return io.NodeOutput(str(target.folder / PAIRS_NAME), ui=ui.PreviewText(target.report(written)))
+
 
 class PSARewritePrompt(CheckedNode):
     PATH_INPUTS = {"llm": LLM_FOLDER}
@@ -360,14 +219,11 @@ class PSARewritePrompt(CheckedNode):
     @classmethod
     def execute(cls, prompt: str, llm: str, instruction: str, max_new_tokens: int, precision: str, device: str,
                 category: str = "", concept: str = "") -> io.NodeOutput:
-        import comfy.model_management as mm
-
         from ..psa_core.dataset_build.rewrite import PromptRewriter
 
-        model_dir = LLM_FOLDER.find(llm, "llm")
-        rewriter = PromptRewriter(model_dir, instruction, dtype=precision, max_new_tokens=max_new_tokens,
-                                  device=mm.get_torch_device() if device == "auto" else torch.device("cpu"),
-                                  before_load=_before_load, after_release=_after_release)
+        rewriter = PromptRewriter(LLM_FOLDER.find(llm, "llm"), instruction, dtype=precision,
+                                  max_new_tokens=max_new_tokens, device=llm_device(device),
+                                  before_load=before_load, after_release=after_release)
         return io.NodeOutput(rewriter.rewrite([prompt], [category], [concept])[0])
 
 NODES = [PSALoadPromptPairs, PSASavePreferencePair, PSARewritePrompt]

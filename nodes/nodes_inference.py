@@ -1,8 +1,6 @@
 """Inference nodes: load a PSA adapter and a user embedding, and apply them to a model."""
 from __future__ import annotations
 
-import os
-
 import folder_paths
 from comfy_api.latest import io
 
@@ -10,24 +8,16 @@ from ..psa_core import check_embedding_fits, load_adapter, load_embedding
 from ..psa_core.errors import InputError
 from .attention_patch import apply_psa
 from .checked_node import CheckedNode
-from .comfy_paths import ReadPath, model_folders
+from .comfy_paths import ADAPTER_FILE, EMBEDDING_FILE
 from .model_folders import ADAPTERS, EMBEDDINGS
 from .psa_types import PSAAdapterType, PSAEmbeddingType
 
 CATEGORY = "PSA"
-ADAPTER_FILE = ReadPath("adapter file", model_folders(ADAPTERS), "models/psa/")
-EMBEDDING_FILE = ReadPath("embedding file", model_folders(EMBEDDINGS), "models/psa_embeddings/")
-
-
-def _file_fingerprint(folder: str, name: str) -> str:
-    path = folder_paths.get_full_path(folder, name)
-    if path is None:
-        return f"missing:{name}"
-    stat = os.stat(path)
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 class PSALoadAdapter(CheckedNode):
+    PATH_INPUTS = {"adapter_name": ADAPTER_FILE}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -46,7 +36,7 @@ class PSALoadAdapter(CheckedNode):
 
     @classmethod
     def fingerprint_inputs(cls, adapter_name: str) -> str:
-        return _file_fingerprint(ADAPTERS, adapter_name)
+        return ADAPTER_FILE.fingerprint(adapter_name, "adapter_name")
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
@@ -54,6 +44,8 @@ class PSALoadAdapter(CheckedNode):
 
 
 class PSALoadEmbedding(CheckedNode):
+    PATH_INPUTS = {"embedding_name": EMBEDDING_FILE}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -70,7 +62,7 @@ class PSALoadEmbedding(CheckedNode):
 
     @classmethod
     def fingerprint_inputs(cls, embedding_name: str) -> str:
-        return _file_fingerprint(EMBEDDINGS, embedding_name)
+        return EMBEDDING_FILE.fingerprint(embedding_name, "embedding_name")
 
     @classmethod
     def execute(cls, embedding_name: str) -> io.NodeOutput:

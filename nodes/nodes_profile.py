@@ -1,16 +1,13 @@
 """Profile nodes: build a safety profile, encode it into a PSA embedding, save it, batch several.
 
 The heavy lifting lives in psa_core (profile model, encoders, cache); these nodes only resolve ComfyUI
-folders and hand the LLM's memory back to ComfyUI's model management around an encode.
+folders (comfy_paths) and hand the LLM's memory back to ComfyUI's model management around an encode
+(model_memory).
 """
 from __future__ import annotations
 
 import json as _json
-import os
-from pathlib import Path
 
-import folder_paths
-import torch
 from comfy_api.latest import io, ui
 
 from ..psa_core import UserEmbedding, save_embedding
@@ -40,8 +37,8 @@ from ..psa_core.profile import (
     profile_from_json,
 )
 from .checked_node import CheckedNode, about
-from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE, TEMPLATE_FILE, WriteName, model_write_folder
-from .model_folders import EMBEDDINGS
+from .comfy_paths import EMBEDDING_NAME, LLM_FOLDER, OUTSIDE_RULE, TEMPLATE_FILE, embedding_cache_folder
+from .model_memory import DEVICES, after_release, before_load, llm_device
 from .psa_types import PSAEmbeddingType
 
 CATEGORY = "PSA/profile"
@@ -54,11 +51,7 @@ AUTO = "auto"
 BAN_TOGGLES, BAN_RULES = "toggles", "rule-based suggestion"
 MISSING_BANS_ERROR = "error"
 TOGGLE_NAMES = {category: "ban_" + category.lower().replace("-", "_") for category in CATEGORIES}
-DEVICES = ("auto", "cpu")
 MAX_BATCH_INPUTS = 8
-CACHE_ENV = "PSA_EMBEDDING_CACHE"
-EMBEDDING_SUFFIX = ".safetensors"
-EMBEDDING_NAME = WriteName("file name", model_write_folder(EMBEDDINGS), "models/psa_embeddings/")
 
 
 def _preset_tooltip() -> str:
@@ -176,22 +169,6 @@ class PSAProfileFromJSON(CheckedNode):
         return io.NodeOutput(profile, profile.canonical_json())
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path(folder_paths.models_dir) / "psa_cache" / "embeddings")
-
-
-def _before_load(nbytes: int, device: torch.device) -> None:
-    import comfy.model_management as mm
-
-    mm.free_memory(int(nbytes * 1.2), device)  # evict diffusion models if the LLM needs their room
-
-
-def _after_release() -> None:
-    import comfy.model_management as mm
-
-    mm.soft_empty_cache()
-
-
 class PSAEncodeProfile(CheckedNode):
     PATH_INPUTS = {"llm": LLM_FOLDER, "template": TEMPLATE_FILE}
 
@@ -236,17 +213,14 @@ class PSAEncodeProfile(CheckedNode):
                 use_cache: bool) -> io.NodeOutput:
         options = {}
         if encoder == LLM:
-            import comfy.model_management as mm
-
-            model_dir = LLM_FOLDER.find(llm, "llm")
-            template_path = TEMPLATE_FILE.find(template, "template")
-            options = {"model_dir": model_dir, "template_path": template_path, "dtype": precision,
-                       "device": mm.get_torch_device() if device == "auto" else torch.device("cpu"),
-                       "before_load": _before_load, "after_release": _after_release}
+            options = {"model_dir": LLM_FOLDER.find(llm, "llm"),
+                       "template_path": TEMPLATE_FILE.find(template, "template"), "dtype": precision,
+                       "device": llm_device(device), "before_load": before_load, "after_release": after_release}
         profile_encoder = make_encoder(encoder, **options)
         # the structured encoder is cheaper to run than a cache read
-        cache = EmbeddingCache(cache_dir()) if use_cache and encoder == LLM else None
+        cache = EmbeddingCache(embedding_cache_folder()) if use_cache and encoder == LLM else None
         return io.NodeOutput(encode_profiles(profile_encoder, [profile], cache))
+
 
 class PSASaveEmbedding(CheckedNode):
     PATH_INPUTS = {"filename": EMBEDDING_NAME}
@@ -271,13 +245,10 @@ class PSASaveEmbedding(CheckedNode):
 
     @classmethod
     def execute(cls, embedding: UserEmbedding, filename: str) -> io.NodeOutput:
-        name = filename.strip()
-        if name.lower().endswith(EMBEDDING_SUFFIX):
-            name = name[: -len(EMBEDDING_SUFFIX)]
-        path = EMBEDDING_NAME.path(name, "filename")
-        path = save_embedding(embedding, path.with_name(path.name + EMBEDDING_SUFFIX))
+        path = save_embedding(embedding, EMBEDDING_NAME.path(filename, "filename"))
         return io.NodeOutput(ui=ui.PreviewText(f"saved {embedding.count} x {embedding.dim} embedding "
                                                f"({embedding.encoder or 'unknown encoder'}) to {path}"))
+
 
 class PSAEmbeddingBatch(CheckedNode):
     @classmethod

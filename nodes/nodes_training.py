@@ -6,10 +6,6 @@ to PSA Apply; PSA Save Adapter writes it where PSA Load Adapter lists it.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.latest import io
@@ -19,33 +15,21 @@ from ..psa_core.adapter_file import SAVE_DTYPES
 from ..psa_core.encoders.structured import STRUCTURED_ENCODER
 from ..psa_core.paths import outside_paths_allowed
 from ..psa_core.training.inputs import DATA_FORMATS, read_training_data
-from ..psa_core.training.loss import DEFAULT_BETA
-from ..psa_core.training.loop import DEFAULTS, MAX_SEED
+from ..psa_core.training.config import MAX_SEED, PRECISIONS, default_of
 from ..psa_core.training.report import render_history
 from ..psa_core.training.split import SPLITS, split_records
 from .checked_node import CheckedNode
-from .comfy_paths import (OUTSIDE_RULE, ReadPath, WriteName, model_folders, model_write_folder,
-                          output_then_input)
-from .model_folders import ADAPTERS, EMBEDDINGS, default_folder
+from .comfy_paths import ADAPTER_PREFIX, DATA_PATH, EMBEDDINGS_FOLDER, OUTSIDE_RULE, PROFILES_PATH
 from .psa_types import PSAAdapterType, PSADatasetType
-from .training_run import PRECISIONS, PSADataset, TrainingSettings, train_in_graph
+from .training_run import PSADataset, in_graph_config, train_in_graph
 
 CATEGORY = "PSA/training"
 FOLDER_PREFIX = "folder: "
-DATA_WHERE = "ComfyUI's output folder (then its input folder)"
-DATA_PATH = ReadPath("dataset", output_then_input, DATA_WHERE, kind="file or folder")
-PROFILES_PATH = ReadPath("profiles file", output_then_input, DATA_WHERE, optional=True)
-EMBEDDINGS_FOLDER = ReadPath("embedding folder", model_folders(EMBEDDINGS), "models/psa_embeddings/", kind="folder")
-ADAPTER_PREFIX = WriteName("file name prefix", model_write_folder(ADAPTERS), "models/psa/", subfolders=True)
 
 
 def embedding_sources() -> list[str]:
     """The in-process profile encoder, then every sub-folder of models/psa_embeddings/ ({User_ID}.npy files)."""
-    found = []
-    for root in folder_paths.get_folder_paths(EMBEDDINGS):
-        if os.path.isdir(root):
-            found += sorted(FOLDER_PREFIX + name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
-    return [STRUCTURED_ENCODER] + found
+    return [STRUCTURED_ENCODER] + [FOLDER_PREFIX + name for name in EMBEDDINGS_FOLDER.names()]
 
 
 def _embeddings_folder(source: str) -> str:
@@ -127,22 +111,22 @@ class PSATrainAdapter(CheckedNode):
                                        "reference Qwen2.5 embeddings); every user of the data needs one."),
                 io.Int.Input("steps", default=500, min=1, max=1_000_000,
                              tooltip="Optimizer steps. The LR warms up over the first tenth (at most 500)."),
-                io.Float.Input("lr", default=DEFAULTS.lr, min=1e-8, max=1.0, step=1e-6, round=False,
+                io.Float.Input("lr", default=default_of("lr"), min=1e-8, max=1.0, step=1e-6, round=False,
                                tooltip="AdamW learning rate (PSAlign: 5e-6 for 5000 steps; short runs need more)."),
-                io.Int.Input("batch", default=1, min=1, max=256, tooltip="Pairs per micro-batch."),
-                io.Int.Input("accumulation", default=1, min=1, max=1024,
+                io.Int.Input("batch", default=default_of("batch"), min=1, max=256, tooltip="Pairs per micro-batch."),
+                io.Int.Input("accumulation", default=default_of("accumulation"), min=1, max=1024,
                              tooltip="Micro-batches per optimizer step (more pairs per step, same memory)."),
-                io.Float.Input("beta", default=DEFAULT_BETA, min=1.0, max=1e6, step=100.0,
+                io.Float.Input("beta", default=default_of("beta"), min=1.0, max=1e6, step=100.0,
                                tooltip="DPO beta: how strongly the preference is enforced (PSAlign: 5000)."),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                io.Int.Input("seed", default=default_of("seed"), min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Adapter initialisation, pair order and noise. Same seed and data: same adapter. "
                                      "Change it to train again."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                io.Combo.Input("precision", options=list(PRECISIONS), default=default_of("precision"),
                                tooltip="The UNet's compute dtype while training. auto: as the graph loaded it (no "
                                        "extra memory); another dtype casts each layer on the fly. fp16 compute "
                                        "(chosen, or auto on an fp16-loaded model) uses loss scaling: a step whose "
                                        "gradients overflow is skipped. The adapter itself always trains in fp32."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
+                io.Boolean.Input("gradient_checkpointing", default=default_of("gradient_checkpointing"),
                                  tooltip="Recompute UNet activations during backward: much less memory for larger "
                                          "batches, about a third slower."),
                 PSAAdapterType.Input("adapter", optional=True,
@@ -160,22 +144,13 @@ class PSATrainAdapter(CheckedNode):
     def execute(cls, model, clip, vae, dataset: PSADataset, embedding_source: str, steps: int, lr: float, batch: int,
                 accumulation: int, beta: float, seed: int, precision: str, gradient_checkpointing: bool,
                 adapter: LoadedAdapter | None = None) -> io.NodeOutput:
-        settings = TrainingSettings(steps, lr, batch, accumulation, beta, seed, precision, gradient_checkpointing)
+        config = in_graph_config(dataset, steps, lr=lr, batch=batch, accumulation=accumulation, beta=beta,
+                                 seed=seed, precision=precision, gradient_checkpointing=gradient_checkpointing)
         folder = _embeddings_folder(embedding_source) if embedding_source.startswith(FOLDER_PREFIX) else None
         encoder = None if folder else embedding_source
-        result = train_in_graph(model, clip, vae, dataset, settings, folder, encoder, adapter)
+        result = train_in_graph(model, clip, vae, dataset, config, folder, encoder, adapter)
         graph = np.asarray(render_history(result.history.rows), dtype=np.float32) / 255.0
         return io.NodeOutput(result.adapter, torch.from_numpy(graph)[None])
-
-
-def _next_adapter_path(prefix: str) -> Path:
-    target = ADAPTER_PREFIX.path(prefix, "filename_prefix")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    taken = {p.name for p in target.parent.glob(f"{target.name}_*.safetensors")}
-    counter = 1
-    while f"{target.name}_{counter:05d}.safetensors" in taken:
-        counter += 1
-    return target.parent / f"{target.name}_{counter:05d}.safetensors"
 
 
 class PSASaveAdapter(CheckedNode):
@@ -204,9 +179,9 @@ class PSASaveAdapter(CheckedNode):
 
     @classmethod
     def execute(cls, adapter: LoadedAdapter, filename_prefix: str, dtype: str) -> io.NodeOutput:
-        path = _next_adapter_path(filename_prefix)
+        path = ADAPTER_PREFIX.path(filename_prefix, "filename_prefix")
         save_adapter(adapter, path, SAVE_DTYPES[dtype])
-        name = path.relative_to(default_folder(ADAPTERS)).as_posix()
+        name = path.relative_to(ADAPTER_PREFIX.folder()).as_posix()
         return io.NodeOutput(name, ui={"text": [f"saved models/psa/{name}"]})
 
 NODES = [PSALoadSageDataset, PSATrainAdapter, PSASaveAdapter]

@@ -1,7 +1,7 @@
 """The graph's own ComfyUI models, made fit for adapter training without copying them.
 
 - `ComfyPSAPredictor`: the core's `predict` for a ComfyUI UNet. One attn2 output patch adds `W_out^l·v_l`
-  (`psa_core.training.step.attn2_shift`) from the live `to_out[0].weight`; with no values it changes nothing,
+  (`psa_core.adapter.attn2_shift`) from the live `to_out[0].weight`; with no values it changes nothing,
   so the reference pass is the same model with PSA switched off.
 - `autograd_safe_weights`: weights built by a loader node inside ComfyUI's `torch.inference_mode()` are
   inference tensors, which autograd refuses to save for backward (docs/comfyui.md §8). Each weight is swapped,
@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..psa_core import CompatibilityError
+from ..psa_core import CompatibilityError, attn2_shift
 from ..psa_core.families import Family
 from ..psa_core.training.cache import ImageEncoder, TextEncoder
 from ..psa_core.training.noise import DDPMSchedule
-from ..psa_core.training.step import Conditioning, attn2_shift
+from ..psa_core.training.step import Conditioning
 from .attention_patch import check_model_family
 
 TEXT_TOKENS = 77  # the cache holds one 77-token CLIP window per caption, as the standalone trainer does

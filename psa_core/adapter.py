@@ -42,6 +42,15 @@ def null_user(projection: Mapping[str, torch.Tensor]) -> torch.Tensor:
                         projection["norm.bias"].to(bias.dtype), LAYER_NORM_EPS)
 
 
+def attn2_shift(values: torch.Tensor, out_weight: torch.Tensor) -> torch.Tensor:
+    """The PSA term of one attn2 layer, `W_out·v` per sample: `[N, H]` → `[N, 1, H]` (added to every token).
+
+    Exact single-token collapse (docs/adapter.md §2, §4); `out_weight` is that layer's live `to_out[0].weight`,
+    as the layer multiplies by it in this call, and no bias is added (the layer's own to_out bias is already in
+    its output). Inference (nodes/attention_patch.py) and both trainers add exactly this."""
+    return F.linear(values.to(out_weight.dtype), out_weight)[:, None, :]
+
+
 class ValueWeights(Protocol):
     """Yields each layer's `to_v_user` weight `[H_l, D]`, in checkpoint order."""
 

@@ -25,7 +25,10 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
-class _Layout:
+class BlockLayout:
+    """A family's UNet block structure at its real widths: the one statement of it that the layer tables,
+    and the development-only test models (testkit/), are made from."""
+
     name: str
     display_name: str
     channel_mult: tuple[int, ...]
@@ -37,8 +40,8 @@ class _Layout:
 
 
 _LAYOUTS = {
-    "sd15": _Layout("sd15", "SD1.5", (1, 2, 4, 4), (1, 1, 1, 0), 1, 2, 320, 768),
-    "sdxl": _Layout("sdxl", "SDXL", (1, 2, 4), (0, 2, 10), 10, 2, 320, 2048),
+    "sd15": BlockLayout("sd15", "SD1.5", (1, 2, 4, 4), (1, 1, 1, 0), 1, 2, 320, 768),
+    "sdxl": BlockLayout("sdxl", "SDXL", (1, 2, 4), (0, 2, 10), 10, 2, 320, 2048),
 }
 FAMILY_NAMES = tuple(_LAYOUTS)
 
@@ -71,7 +74,7 @@ class Family:
         return {layer.comfy_key: layer for layer in self.layers}
 
 
-def _layer_rows(layout: _Layout) -> list[tuple[str, ComfyKey, int]]:
+def _layer_rows(layout: BlockLayout) -> list[tuple[str, ComfyKey, int]]:
     """(diffusers name, ComfyUI key, level) per attn2 layer, in checkpoint order."""
     rows: list[tuple[str, ComfyKey, int]] = []
     levels = len(layout.channel_mult)
@@ -89,19 +92,24 @@ def _layer_rows(layout: _Layout) -> list[tuple[str, ComfyKey, int]]:
     return rows
 
 
-def _build(layout: _Layout, level_widths: dict[int, int], context_dim: int) -> Family:
+def _build(layout: BlockLayout, level_widths: dict[int, int], context_dim: int) -> Family:
     layers = tuple(LayerSpec(i, name, key, level_widths[level])
                    for i, (name, key, level) in enumerate(_layer_rows(layout)))
     return Family(layout.name, layout.display_name, context_dim, layers)
+
+
+def get_layout(name: str) -> BlockLayout:
+    """The block structure of family `name` ("sd15" or "sdxl")."""
+    if name not in _LAYOUTS:
+        raise AdapterFileError(f"unknown model family {name!r}; allowed: {', '.join(FAMILY_NAMES)}")
+    return _LAYOUTS[name]
 
 
 @lru_cache(maxsize=None)
 def get_family(name: str, model_channels: int | None = None, context_dim: int | None = None,
                channel_mult: tuple[int, ...] | None = None) -> Family:
     """The family `name` ("sd15" or "sdxl"), at real widths unless others are given (tiny test models)."""
-    if name not in _LAYOUTS:
-        raise AdapterFileError(f"unknown model family {name!r}; allowed: {', '.join(FAMILY_NAMES)}")
-    layout = _LAYOUTS[name]
+    layout = get_layout(name)
     channels = model_channels or layout.model_channels
     mult = channel_mult or layout.channel_mult
     if len(mult) != len(layout.channel_mult):

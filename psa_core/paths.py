@@ -81,17 +81,26 @@ def stays_inside(name: str) -> bool:
     return _problem(name) is None and not _is_absolute(name.strip())
 
 
-def candidates(value: str, name: str, folders: Sequence[str | Path], allowed: str) -> list[Path]:
+def candidates(value: str, name: str, folders: Sequence[str | Path], allowed: str,
+               subfolders: bool = True) -> list[Path]:
     """Where `value` may be, in order: a relative name inside each folder, or one permitted absolute path.
 
-    `name` is the input the value came from and `allowed` says in words what it may be; both go into the error."""
+    `name` is the input the value came from and `allowed` says in words what it may be; both go into the error.
+    Without `subfolders` the value names an entry directly in one of the folders, and the opt-in does not widen
+    that: a name with a folder part, or an absolute path anywhere else, is refused."""
     problem = _problem(value)
     if problem:
         raise _refusal(value, name, problem, allowed)
     text = value.strip()
     if not _is_absolute(text):
+        if not subfolders and len(_SEPARATORS.split(text)) > 1:
+            raise _refusal(value, name, "in a sub-folder", allowed)
         return [Path(folder) / text for folder in folders]
     path = Path(os.path.abspath(text))
+    if not subfolders:
+        if any(path.parent == Path(os.path.abspath(folder)) for folder in folders):
+            return [path]
+        raise _refusal(value, name, "not directly in the folder", allowed)
     if outside_paths_allowed() or any(is_inside(path, folder) for folder in folders):
         return [path]
     raise _refusal(value, name, "outside ComfyUI's folders", f"{allowed} ({OUTSIDE_HINT})")

@@ -8,6 +8,7 @@ imported as the package `comfyui_psa` (the name is ours; ComfyUI uses the folder
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
@@ -45,10 +46,32 @@ def import_comfy_in_process(cpu: bool = True):
     return folder_paths
 
 
+class _CoreAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes the pack's `comfyui_psa.psa_core...` the very modules `psa_core...` (which the trainer and most tests
+    import): one copy of every core class in the test process, so an object from one side is an instance of the
+    other's class. ComfyUI's own loading of the pack is unaffected (it runs in other processes, or without this)."""
+
+    PREFIX = f"{PACK_PACKAGE}.psa_core"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.PREFIX or name.startswith(self.PREFIX + "."):
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module("psa_core" + spec.name[len(self.PREFIX):])
+
+    def exec_module(self, module) -> None:
+        pass  # already executed under its own name
+
+
 def import_pack():
-    """Import the repository as a ComfyUI custom-node package, exactly as ComfyUI's loader does."""
+    """Import the repository as a ComfyUI custom-node package, as ComfyUI's loader does (its psa_core being the
+    test process's `psa_core`, see _CoreAlias)."""
     if PACK_PACKAGE in sys.modules:
         return sys.modules[PACK_PACKAGE]
+    if not any(isinstance(finder, _CoreAlias) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _CoreAlias())
     spec = importlib.util.spec_from_file_location(PACK_PACKAGE, REPO / "__init__.py",
                                                   submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)

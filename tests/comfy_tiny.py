@@ -1,9 +1,9 @@
-"""The tiny diffusers components of trainer.synthetic as real ComfyUI objects: MODEL, VAE and CLIP.
+"""The tiny diffusers components of testkit.models as real ComfyUI objects: MODEL, VAE and CLIP.
 
-`comfy_unet`, `comfy_vae` and `comfy_clip` take `Components` (trainer.synthetic.build_components) of
+`comfy_unet`, `comfy_vae` and `comfy_clip` take `Components` (testkit.models.build_components) of
 either family and build what ComfyUI's checkpoint loader builds (comfy.sd.load_state_dict_guess_config:
 model config → BaseModel → load_model_weights → ModelPatcher; comfy.sd.VAE; comfy.sd.CLIP + load_sd) from
-the single-file, LDM-keyed state dict (trainer.synthetic.ldm_state_dict), inside `torch.inference_mode()`
+the single-file, LDM-keyed state dict (testkit.models.ldm_state_dict), inside `torch.inference_mode()`
 as ComfyUI's PromptExecutor runs loader nodes, so every weight is an inference tensor (a fresh copy: no
 storage is shared with the diffusers modules). Use the objects inside `torch.inference_mode()` (or
 `no_grad`), as ComfyUI does. ComfyUI must be imported first (tests/comfy_env.py; the `folder_paths` fixture):
@@ -50,7 +50,7 @@ text_embeds of the second, as diffusers' SDXL pipeline) agree to float32 roundin
 ≤ 2.2e-5 on values up to 28, ≤ 2e-6 on values ~1). ComfyUI tokenizes a plain caption exactly as the tiny
 CLIPTokenizer with padding="max_length", max_length=77: [start] + tokens + [end] + pad, where ComfyUI pads
 SD1.5 / clip_l with the end token (the tiny tokenizer's pad token is <|endoftext|> too) and clip_g with
-id 0 (tokenizer_2's pad token "!" is id 0, trainer.synthetic.save_diffusers_folder), and the empty caption
+id 0 (tokenizer_2's pad token "!" is id 0, testkit.models.save_diffusers_folder), and the empty caption
 gives [start, end, pad...] on both sides. SD1.5 applies no attention mask but the causal one
 (enable_attention_masks=False), as diffusers called without one.
 What differs:
@@ -70,8 +70,8 @@ from pathlib import Path
 
 import torch
 
+from testkit.models import Components, ldm_state_dict
 from trainer.single_file import UNET_PREFIX, VAE_PREFIX
-from trainer.synthetic import Components, ldm_state_dict
 
 COMFY_CLIP_VOCAB = 49408  # rows of comfy.clip_model.CLIPEmbeddings.token_embedding, whatever the config says
 CLIP_PREFIXES = ("cond_stage_model.", "conditioner.")

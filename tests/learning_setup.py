@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.synthetic import (
+from testkit.models import (
     Components,
     ModelSpec,
     build_text_encoders,
@@ -23,7 +23,7 @@ from trainer.synthetic import (
     encode_for_pretraining,
     pretrain_denoiser,
 )
-from trainer.synthetic_data import write_pairs, write_profiles
+from testkit.preference_data import write_pairs, write_profiles
 
 TRAIN_PAIRS, HELD_OUT_PAIRS, PRETRAIN_PAIRS = 48, 16, 48
 DPO_STEPS, DPO_BATCH, DPO_LR = 200, 16, 2e-3

@@ -20,7 +20,7 @@ from psa_core.training.cache import CacheSettings, open_or_build_cache
 from psa_core.training.embeddings import FolderEmbeddings, build_user_table
 from psa_core.training.errors import DatasetError
 from psa_core.training.inputs import embedding_source, read_training_data
-from trainer.synthetic_data import write_pairs, write_profiles
+from testkit.preference_data import write_pairs, write_profiles
 
 FAMILY = get_family("sd15", 8, 16, channel_mult=(1, 1, 1, 1))
 

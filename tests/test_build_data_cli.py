@@ -16,9 +16,9 @@ from comfy_env import REPO
 from PIL import Image
 
 from psa_core.dataset_build import PairItem, read_prompt_pairs
+from testkit.models import ModelSpec, build_components, save_diffusers_folder, save_single_file, write_tokenizer
 from trainer.__main__ import main
 from trainer.build_data import BuildConfig, make_pipeline, render_pair
-from trainer.synthetic import ModelSpec, build_components, save_diffusers_folder, save_single_file, write_tokenizer
 
 CATEGORIES = ("Violence", "Hate", "Sexuality", "Self-Harm", "Shocking", "Harassment", "Propaganda")
 ITEMS = 24

@@ -15,7 +15,7 @@ from transformers import CLIPTokenizer
 import comfy_tiny
 from numerics import FLOAT32_UNIT_ROUNDOFF, FLOAT64_SLACK, assert_same_after_float32_rounding, \
     assert_within_float32_noise
-from trainer.synthetic import ModelSpec, build_components, build_vae, write_tokenizer
+from testkit.models import ModelSpec, build_components, build_vae, write_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

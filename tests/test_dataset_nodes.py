@@ -15,6 +15,8 @@ from comfy_env import REPO, registered_nodes
 from http_server import ServerError
 from PIL import Image
 from tiny_llm import build_tiny_llm
+import psa_core
+import psa_core.dataset_build.rewrite
 
 NODE_IDS = ("PSALoadPromptPairs", "PSASavePreferencePair", "PSARewritePrompt")
 WORKFLOW = REPO / "workflows" / "psa_build_dataset.json"
@@ -91,10 +93,10 @@ def test_load_prompt_pairs_errors_name_the_file_line_and_allowed_values(pack, co
         file="pairs.csv", index=4, extra_categories="Gambling")
     assert "file 'gone.jsonl' is not allowed; allowed: pairs.csv" in node.validate_inputs(
         file="gone.jsonl", index=0, extra_categories="")
-    with pytest.raises(pack.psa_core.PSAError, match="file '../secrets.csv' is not allowed"):
+    with pytest.raises(psa_core.PSAError, match="file '../secrets.csv' is not allowed"):
         node.execute("../secrets.csv", 0, 0, "")
     assert "'Hate' is already one of the 7 categories" in node.validate_inputs(extra_categories="Hate")
-    with pytest.raises(pack.psa_core.PSAError, match="line 5: category 'Gambling' is not allowed"):
+    with pytest.raises(psa_core.PSAError, match="line 5: category 'Gambling' is not allowed"):
         node.execute("pairs.csv", 0, 0, "")
 
 
@@ -201,10 +203,10 @@ def test_save_node_input_checks(pack, comfy_folders):
     assert "dataset '../elsewhere' is not allowed (contains '..'); allowed: a dataset folder name" in \
         node.validate_inputs(dataset="../elsewhere")
     assert node.validate_inputs(dataset="runs/psa 1") is True
-    with pytest.raises(pack.psa_core.PSAError, match=r"unsafe_images \(2, 16, 16, 3\) and safe_images \(1, 16, 16, 3\) "
+    with pytest.raises(psa_core.PSAError, match=r"unsafe_images \(2, 16, 16, 3\) and safe_images \(1, 16, 16, 3\) "
                                                      "differ"):
         save_pair(pack, images=(torch.rand(2, 16, 16, 3), torch.rand(1, 16, 16, 3)))
-    with pytest.raises(pack.psa_core.PSAError, match="category 'Gambling' is not allowed"):
+    with pytest.raises(psa_core.PSAError, match="category 'Gambling' is not allowed"):
         save_pair(pack, category="Gambling")
     save_pair(pack, category="Gambling", extra_categories="Gambling")  # declared: recorded in dataset.json
     info = json.loads((comfy_folders / "output" / "ds" / "dataset.json").read_text())
@@ -226,11 +228,11 @@ def test_rewrite_node_uses_the_llm_folder_and_is_deterministic(pack, register_fo
     args = ("a bloody knife fight in a dark alley", "tiny-qwen2", instruction, 10, "auto", "cpu")
     (first,) = out(node.execute(*args, category="Violence", concept="knife fight"))
     assert first and out(node.execute(*args, category="Violence", concept="knife fight")) == (first,)
-    direct = pack.psa_core.dataset_build.rewrite.PromptRewriter(tiny_llm_root / "tiny-qwen2", instruction,
+    direct = psa_core.dataset_build.rewrite.PromptRewriter(tiny_llm_root / "tiny-qwen2", instruction,
                                                                 max_new_tokens=10)
     assert direct.rewrite([args[0]], ["Violence"], ["knife fight"]) == [first]
     assert "no <<PROMPT>> placeholder" in node.validate_inputs(instruction="Rewrite it safely.")
-    with pytest.raises(pack.psa_core.PSAError, match="LLM folder 'missing-llm' not found"):
+    with pytest.raises(psa_core.PSAError, match="LLM folder 'missing-llm' not found"):
         node.execute(args[0], "missing-llm", instruction, 10, "auto", "cpu")
 
 
@@ -265,10 +267,10 @@ def workflow_prompt(server, file: str, index: int, dataset: str, checkpoint: str
 
 def test_workflow_renders_a_prompt_pair_file_into_a_dataset_the_trainer_loads(dataset_server,
                                                                                tmp_path):
+    from testkit.models import ModelSpec, build_components, save_single_file, write_tokenizer
     from trainer.__main__ import main
-    from trainer.config import TrainConfig
+    from psa_core.training.config import TrainingConfig
     from trainer.data import read_data
-    from trainer.synthetic import ModelSpec, build_components, save_single_file, write_tokenizer
 
     write_input(dataset_server, "dataset_test_pairs.csv", PROMPTS_CSV)
     prompts = [workflow_prompt(dataset_server, "dataset_test_pairs.csv", i, "psa_test_dataset") for i in range(4)]
@@ -304,7 +306,7 @@ def test_workflow_renders_a_prompt_pair_file_into_a_dataset_the_trainer_loads(da
 
     profiles = tmp_path / "profiles.json"
     profiles.write_text(json.dumps([BANS_VIOLENCE, ALLOWS_ALL]))
-    data = read_data(TrainConfig(data=str(folder / "pairs.jsonl"), profiles=str(profiles)))
+    data = read_data(TrainingConfig(data=str(folder / "pairs.jsonl"), profiles=str(profiles)))
     chosen = {(r.user_id, r.category): r.chosen.rsplit("_", 1)[1] for r in data.records}
     assert chosen == {("0000201", "Violence"): "s.jpg", ("0000201", "Sexuality"): "s.jpg",
                       ("0000201", "Hate"): "u.jpg", ("0000201", "Gambling"): "u.jpg",
@@ -315,7 +317,7 @@ def test_workflow_renders_a_prompt_pair_file_into_a_dataset_the_trainer_loads(da
     output = tmp_path / "run"
     assert main(["train", "--base-model", str(base), "--tokenizer", str(write_tokenizer(tmp_path / "tokenizer")),
                  "--data", str(folder / "pairs.jsonl"), "--profiles", str(profiles), "--encoder", "psa-structured-v1",
-                 "--resolution", "32", "--no-hflip", "--device", "cpu", "--precision", "no", "--steps", "1",
+                 "--resolution", "32", "--no-hflip", "--device", "cpu", "--precision", "fp32", "--steps", "1",
                  "--batch", "2", "--warmup-steps", "0", "--cache-dir", str(tmp_path / "cache"),
                  "--output", str(output)]) == 0
     assert (output / "psa_adapter.safetensors").is_file()

@@ -13,6 +13,7 @@ import tiny_models as tm
 from comfy_env import REPO, registered_nodes
 from http_server import PACK_FOLDER
 from workflow_check import check_api_prompt
+import psa_core
 
 PSA_NODE_IDS = {"PSALoadAdapter", "PSALoadEmbedding", "PSAApply", "PSALoadPromptPairs", "PSASavePreferencePair",
                 "PSARewritePrompt"}
@@ -90,7 +91,7 @@ def saved_latent(server, entry) -> Path:
 
 
 def test_prompt_with_psa_nodes_runs_and_writes_its_output(folder_paths, pack, comfy_server, detectable_sd15, reference):
-    family = pack.psa_core.get_family("sd15", 320, 768, channel_mult=(1, 1, 1, 1))
+    family = psa_core.get_family("sd15", 320, 768, channel_mult=(1, 1, 1, 1))
     tm.write_adapter(tm.random_adapter_tensors(family, 3584, scale=0.02), comfy_server.models / "psa" / "psa_e2e.bin")
     shutil.copy(reference / "embeddings" / "0000001.npy", comfy_server.models / "psa_embeddings" / "0000001.npy")
 

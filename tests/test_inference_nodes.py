@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tiny_models as tm
+import psa_core
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def nodes(pack):
 
 
 def test_loaders_list_and_load_files_from_the_model_folders(pack, model_folders, sd15_model, reference):
-    family = pack.psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    family = psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
     tm.write_adapter(tm.random_adapter_tensors(family, 3584), model_folders["psa"] / "tiny_psa.safetensors")
     shutil.copy(reference / "embeddings" / "0000001.npy", model_folders["psa_embeddings"] / "0000001.npy")
     schema = nodes(pack).PSALoadAdapter.define_schema()
@@ -40,22 +41,22 @@ def test_loaders_list_and_load_files_from_the_model_folders(pack, model_folders,
 
 
 def test_family_mismatch_names_both(pack, tmp_path, sd15_model):
-    sdxl = pack.psa_core.get_family("sdxl")
-    adapter = pack.psa_core.LoadedAdapter(sdxl, 3584, {}, [], name="psa_sdxl.safetensors")
-    embedding = pack.psa_core.UserEmbedding(torch.zeros(1, 3584))
-    with pytest.raises(pack.psa_core.CompatibilityError,
+    sdxl = psa_core.get_family("sdxl")
+    adapter = psa_core.LoadedAdapter(sdxl, 3584, {}, [], name="psa_sdxl.safetensors")
+    embedding = psa_core.UserEmbedding(torch.zeros(1, 3584))
+    with pytest.raises(psa_core.CompatibilityError,
                        match=r"adapter 'psa_sdxl.safetensors' is for SDXL \(70 cross-attention layers, context 2048\) "
                              r"but the model is SD1.5 \(16 cross-attention layers, context 64\)"):
         nodes(pack).PSAApply.execute(sd15_model, adapter, embedding, 1.0, 0.0, 1.0)
 
 
 def test_embedding_dimension_mismatch_names_both(pack, tmp_path, sd15_model):
-    family = pack.psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
-    adapter = pack.psa_core.load_adapter(tm.write_adapter(tm.random_adapter_tensors(family, 3584),
+    family = psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    adapter = psa_core.load_adapter(tm.write_adapter(tm.random_adapter_tensors(family, 3584),
                                                           tmp_path / "a.safetensors"))
     np.save(tmp_path / "short.npy", np.zeros(1024, np.float32))
-    embedding = pack.psa_core.load_embedding(tmp_path / "short.npy")
-    with pytest.raises(pack.psa_core.CompatibilityError,
+    embedding = psa_core.load_embedding(tmp_path / "short.npy")
+    with pytest.raises(psa_core.CompatibilityError,
                        match="embedding has 1024 dimensions but adapter 'a.safetensors' expects 3584"):
         nodes(pack).PSAApply.execute(sd15_model, adapter, embedding, 1.0, 0.0, 1.0)
 
@@ -71,11 +72,11 @@ def test_missing_file_and_bad_window(pack, model_folders):
 def test_apply_checks_the_strength_it_is_given_when_it_runs(pack, sd15_model, strength):
     """What a link delivers is only known at run time: a NaN or out-of-range strength never reaches the model."""
     nodes = pack.nodes.nodes_inference
-    family = pack.psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    family = psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
     nested = tm.random_adapter_tensors(family, tm.TINY_EMBEDDING_DIM)
-    adapter = pack.psa_core.LoadedAdapter(family, tm.TINY_EMBEDDING_DIM, dict(nested["user_proj"]),
+    adapter = psa_core.LoadedAdapter(family, tm.TINY_EMBEDDING_DIM, dict(nested["user_proj"]),
                                           [nested["psa_adapter"][f"{layer.index}.to_v_user.0.weight"]
                                            for layer in family.layers])
-    embedding = pack.psa_core.UserEmbedding(torch.zeros(1, tm.TINY_EMBEDDING_DIM))
-    with pytest.raises(pack.psa_core.PSAError, match="strength .* allowed: a finite number from -10 to 10"):
+    embedding = psa_core.UserEmbedding(torch.zeros(1, tm.TINY_EMBEDDING_DIM))
+    with pytest.raises(psa_core.PSAError, match="strength .* allowed: a finite number from -10 to 10"):
         nodes.PSAApply.execute(sd15_model, adapter, embedding, strength, 0.0, 1.0)

@@ -13,8 +13,8 @@ from psa_core.dataset_build import PairDataset, read_prompt_pairs
 from psa_core.training.errors import DatasetError
 from psa_core.training.labelling import read_unlabelled_pairs
 from psa_core.training.sage import read_sage
+from testkit.preference_data import write_profiles
 from trainer.__main__ import EXIT_BAD_INPUT, main
-from trainer.synthetic_data import write_profiles
 
 DEEP = "[" * 100_000 + "]" * 100_000
 LONG = "1" * 5000

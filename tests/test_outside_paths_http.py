@@ -8,7 +8,7 @@ import pytest
 
 from http_server import ComfyServer, ServerError
 from node_prompts import errors_of, names_the_input, node_prompt, text_of, write_assets
-from trainer.synthetic_data import write_pairs, write_profiles
+from testkit.preference_data import write_pairs, write_profiles
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,20 @@ import tiny_models as tm
 from comfy_access import attn2_output_patches
 from naive_reference import install_naive_reference
 from numerics import assert_same_after_float32_rounding
+import psa_core
 
 FAMILY = "sd15"
 
 
 @pytest.fixture(scope="module")
 def setup(pack, tmp_path_factory):
-    family = pack.psa_core.get_family(FAMILY, tm.TINY_CHANNELS, tm.TINY_CONTEXT[FAMILY])
+    family = psa_core.get_family(FAMILY, tm.TINY_CHANNELS, tm.TINY_CONTEXT[FAMILY])
     nested = tm.random_adapter_tensors(family, tm.TINY_EMBEDDING_DIM)
     path = tm.write_adapter(nested, tmp_path_factory.mktemp("adapter") / "adapter.safetensors")
-    adapter = tm.in_float64(pack.psa_core.load_adapter(path))
+    adapter = tm.in_float64(psa_core.load_adapter(path))
     vectors = torch.randn(1, tm.TINY_EMBEDDING_DIM, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     return {"model": tm.build_model(FAMILY, dtype=torch.float64), "family": family, "nested": nested, "adapter": adapter,
-            "embedding": pack.psa_core.UserEmbedding(vectors), "vectors": vectors}
+            "embedding": psa_core.UserEmbedding(vectors), "vectors": vectors}
 
 
 def apply(pack, setup, model=None, strength=1.0, start=0.0, end=1.0, embedding=None):
@@ -199,16 +200,16 @@ def test_composes_with_another_attn2_patch(pack, setup):
 def test_batch_of_profiles_matches_separate_runs(pack, setup):
     generator = torch.Generator().manual_seed(11)
     vectors = torch.randn(3, tm.TINY_EMBEDDING_DIM, generator=generator, dtype=torch.float64) * 2
-    together = one_step(apply(pack, setup, embedding=pack.psa_core.UserEmbedding(vectors)), batch=3)
+    together = one_step(apply(pack, setup, embedding=psa_core.UserEmbedding(vectors)), batch=3)
     noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     for i in range(3):
-        alone = one_step(apply(pack, setup, embedding=pack.psa_core.UserEmbedding(vectors[i:i + 1])),
+        alone = one_step(apply(pack, setup, embedding=psa_core.UserEmbedding(vectors[i:i + 1])),
                          noise=noise[i:i + 1])
         assert_same_step([tuple(t[i:i + 1] for t in step) for step in together], alone, f"profile {i} in the batch")
     assert max_diff(together[0][0][0], together[0][0][1]) > 1e-3
 
 
 def test_batch_size_mismatch_is_explained(pack, setup):
-    batch = pack.psa_core.UserEmbedding(torch.randn(3, tm.TINY_EMBEDDING_DIM))
-    with pytest.raises(pack.psa_core.CompatibilityError, match="3 profiles but the sampler batch has 2"):
+    batch = psa_core.UserEmbedding(torch.randn(3, tm.TINY_EMBEDDING_DIM))
+    with pytest.raises(psa_core.CompatibilityError, match="3 profiles but the sampler batch has 2"):
         tm.sample(apply(pack, setup, embedding=batch), FAMILY, batch=2, steps=1)

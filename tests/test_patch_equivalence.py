@@ -13,6 +13,7 @@ import tiny_models as tm
 from comfy_access import attn2_output_patches
 from naive_reference import install_naive_reference
 from numerics import assert_same_after_float32_rounding
+import psa_core
 
 FAMILIES = ["sd15", "sdxl"]
 
@@ -23,7 +24,7 @@ def models(folder_paths):
 
 
 def tiny_family(pack, name):
-    return pack.psa_core.get_family(name, tm.TINY_CHANNELS, tm.TINY_CONTEXT[name])
+    return psa_core.get_family(name, tm.TINY_CHANNELS, tm.TINY_CONTEXT[name])
 
 
 def apply_node(pack, model, adapter, embedding, strength=1.0, start=0.0, end=1.0):
@@ -62,11 +63,11 @@ def compare_on_the_same_latents(model, psa_patch, naive_processors, family_name,
 def test_patched_prediction_equals_reference_processor(pack, models, tmp_path, family_name, suffix):
     family = tiny_family(pack, family_name)
     nested = tm.random_adapter_tensors(family, tm.TINY_EMBEDDING_DIM)
-    adapter = tm.in_float64(pack.psa_core.load_adapter(tm.write_adapter(nested, tmp_path / f"adapter{suffix}")))
+    adapter = tm.in_float64(psa_core.load_adapter(tm.write_adapter(nested, tmp_path / f"adapter{suffix}")))
     vectors = torch.randn(1, tm.TINY_EMBEDDING_DIM, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 3
     processors: list = []
     both = install_naive_reference(models[family_name], family, nested, vectors, processors=processors)
-    patched = apply_node(pack, both, adapter, pack.psa_core.UserEmbedding(vectors))
+    patched = apply_node(pack, both, adapter, psa_core.UserEmbedding(vectors))
     psa_patch = attn2_output_patches(patched)[-1]
     psa_patch.hits = set()
 
@@ -93,8 +94,8 @@ def test_every_adapter_layer_is_hit_and_changes_the_output(pack, models, family_
     nested = tm.random_adapter_tensors(family, tm.TINY_EMBEDDING_DIM)
     projection = {k: v for k, v in nested["user_proj"].items()}
     weights = [nested["psa_adapter"][f"{layer.index}.to_v_user.0.weight"] for layer in family.layers]
-    adapter = pack.psa_core.LoadedAdapter(family, tm.TINY_EMBEDDING_DIM, projection, weights, name="probe")
-    embedding = pack.psa_core.UserEmbedding(torch.randn(1, tm.TINY_EMBEDDING_DIM))
+    adapter = psa_core.LoadedAdapter(family, tm.TINY_EMBEDDING_DIM, projection, weights, name="probe")
+    embedding = psa_core.UserEmbedding(torch.randn(1, tm.TINY_EMBEDDING_DIM))
 
     before: dict = {}
     changes: dict = {}

@@ -67,3 +67,15 @@ def test_written_names_are_plain_relative_names_even_with_the_opt_in(monkeypatch
                            ("naïve", "a character other than letters"), ("a\x00", "contains a NUL byte")):
         with pytest.raises(PathPolicyError, match=rf"^dataset .* is not allowed \({re.escape(problem)}"):
             write_name(value, "dataset", "a folder", subfolders=value != "sub/x")
+
+
+def test_without_subfolders_only_entries_directly_in_the_folders(folders, monkeypatch):
+    monkeypatch.setenv(OUTSIDE_PATHS_ENV, "1")  # the opt-in does not widen such an input
+    assert candidates("pairs.csv", "file", folders, ALLOWED, subfolders=False) == [f / "pairs.csv" for f in folders]
+    assert candidates(str(folders[1] / "pairs.csv"), "file", folders, ALLOWED, subfolders=False) == \
+        [folders[1] / "pairs.csv"]
+    for value, problem in (("sub/pairs.csv", "in a sub-folder"), ("sub\\pairs.csv", "in a sub-folder"),
+                           (str(folders[0] / "sub" / "pairs.csv"), "not directly in the folder"),
+                           (str(folders[0].parent / "pairs.csv"), "not directly in the folder")):
+        with pytest.raises(PathPolicyError, match=rf"^file .* is not allowed \({problem}\); allowed: {ALLOWED}$"):
+            candidates(value, "file", folders, ALLOWED, subfolders=False)

@@ -14,6 +14,9 @@ from numerics import assert_same_after_float32_rounding
 from safetensors.torch import save_file
 from tiny_llm import build_tiny_llm
 from transformers.models.qwen2 import modeling_qwen2
+import psa_core
+import psa_core.encoders
+import psa_core.profile
 
 NODE_IDS = ("PSAUserProfile", "PSAProfileFromJSON", "PSAEncodeProfile", "PSASaveEmbedding", "PSAEmbeddingBatch")
 STRUCTURED = "psa-structured-v1"
@@ -82,12 +85,12 @@ def test_profile_from_json_node(pack, reference):
     node = nodes(pack).PSAProfileFromJSON
     default_json = node.define_schema().inputs[0].default
     profile, _ = out(node.execute(default_json, "error"))
-    assert profile.to_dict() == pack.psa_core.profile.EVALUATION_USERS["level_3"].to_dict()
+    assert profile.to_dict() == psa_core.profile.EVALUATION_USERS["level_3"].to_dict()
     sage = json.dumps({"User_ID": "0000033", "Cluster_ID": "19", "Age": 41, "Age_Group": "middle-aged",
                        "Gender": "female", "Religion": "Buddhism", "Physical_Condition": "hearing impairment",
                        "Mental_Condition": "healthy"})
     assert "no Banned_Categories" in node.validate_inputs(json=sage, missing_bans="error")
-    with pytest.raises(pack.psa_core.PSAError, match="no Banned_Categories"):
+    with pytest.raises(psa_core.PSAError, match="no Banned_Categories"):
         node.execute(sage, "error")
     ruled, _ = out(node.execute(sage, "rule-based suggestion"))
     assert ruled.banned == ("Harassment", "Hate", "Propaganda", "Shocking") and ruled.user_id == "0000033"
@@ -143,7 +146,7 @@ def test_encode_llm_through_comfyui_folders_cache_and_memory(pack, register_fold
     monkeypatch.setattr(modeling_qwen2.Qwen2Model, "__init__", counting_init)
     freed, emptied = Spy(monkeypatch, mm, "free_memory"), Spy(monkeypatch, mm, "soft_empty_cache")
 
-    profile = pack.psa_core.profile.EVALUATION_USERS["level_3"]
+    profile = psa_core.profile.EVALUATION_USERS["level_3"]
     first = encode(pack, profile, encoder="llm")
     assert len(built) == 1 and built[0]() is None  # built once, and released after encoding
     assert len(freed.calls) == 1 and freed.calls[0][1] == mm.get_torch_device() and len(emptied.calls) >= 1
@@ -152,24 +155,24 @@ def test_encode_llm_through_comfyui_folders_cache_and_memory(pack, register_fold
     assert torch.equal(second.vectors, first.vectors)
     uncached = encode(pack, profile, encoder="llm", use_cache=False)
     assert len(built) == 2 and torch.equal(uncached.vectors, first.vectors)
-    direct = pack.psa_core.encoders.LLMEncoder(tiny_llm_root / "tiny-qwen2", pack.psa_core.encoders.load_template(
+    direct = psa_core.encoders.LLMEncoder(tiny_llm_root / "tiny-qwen2", psa_core.encoders.load_template(
         reference / "get_embeds.txt"), dtype="float32").encode_uncached([profile])
     assert torch.equal(first.vectors, direct) and first.encoder == "hf-qwen2-32x2" and first.labels == ("0000002",)
 
 
 def test_encode_errors_name_what_was_wrong(pack, register_folders, model_folders, tiny_llm_root, monkeypatch):
     register_folders({"LLM": tiny_llm_root})
-    profile = pack.psa_core.profile.EVALUATION_USERS["level_0"]
-    with pytest.raises(pack.psa_core.PSAError, match=r"LLM folder 'Qwen-missing' not found; looked in: "):
+    profile = psa_core.profile.EVALUATION_USERS["level_0"]
+    with pytest.raises(psa_core.PSAError, match=r"LLM folder 'Qwen-missing' not found; looked in: "):
         encode(pack, profile, encoder="llm", llm="Qwen-missing")
-    with pytest.raises(pack.psa_core.PSAError, match=r"template file 'nothing.txt' not found; looked in: .*psa"):
+    with pytest.raises(psa_core.PSAError, match=r"template file 'nothing.txt' not found; looked in: .*psa"):
         encode(pack, profile, encoder="llm", template="nothing.txt")
-    with pytest.raises(pack.psa_core.PSAError, match="encoder 'bert' is not allowed; allowed: llm, structured"):
+    with pytest.raises(psa_core.PSAError, match="encoder 'bert' is not allowed; allowed: llm, structured"):
         encode(pack, profile, encoder="bert")
 
 
 def test_save_embedding_then_load_it_with_the_loader(pack, model_folders):
-    profiles = [pack.psa_core.profile.EVALUATION_USERS[level] for level in ("level_0", "level_5")]
+    profiles = [psa_core.profile.EVALUATION_USERS[level] for level in ("level_0", "level_5")]
     embedding = out(nodes(pack).PSAEmbeddingBatch.execute(embedding_1=encode(pack, profiles[0]),
                                                           embedding_2=encode(pack, profiles[1])))[0]
     result = nodes(pack).PSASaveEmbedding.execute(embedding, "two users")
@@ -182,22 +185,22 @@ def test_save_embedding_then_load_it_with_the_loader(pack, model_folders):
     assert loaded.labels == ("0001001", "0000501")
     for bad in ("../escape", "sub/dir", "", ".hidden"):
         assert f"filename {bad!r} is not allowed (" in nodes(pack).PSASaveEmbedding.validate_inputs(filename=bad)
-        with pytest.raises(pack.psa_core.PSAError, match="is not allowed"):
+        with pytest.raises(psa_core.PSAError, match="is not allowed"):
             nodes(pack).PSASaveEmbedding.execute(embedding, bad)
 
 
 def test_embedding_batch_order_gaps_and_mixed_encoders(pack, tmp_path, monkeypatch):
     monkeypatch.setenv("PSA_EMBEDDING_CACHE", str(tmp_path / "cache"))
-    levels = pack.psa_core.profile.EVALUATION_USERS
+    levels = psa_core.profile.EVALUATION_USERS
     a, b, c = (encode(pack, levels[k]) for k in ("level_0", "level_2", "level_4"))
     assert not (tmp_path / "cache").exists()  # the structured encoder is never cached
     batch = out(nodes(pack).PSAEmbeddingBatch.execute(embedding_1=a, embedding_2=b, embedding_3=c))[0]
     assert torch.equal(batch.vectors, torch.cat([a.vectors, b.vectors, c.vectors]))
     assert batch.labels == ("0001001", "0000697", "0000742") and batch.encoder == STRUCTURED
-    with pytest.raises(pack.psa_core.PSAError, match="embedding_2 not connected but embedding_3 is"):
+    with pytest.raises(psa_core.PSAError, match="embedding_2 not connected but embedding_3 is"):
         nodes(pack).PSAEmbeddingBatch.execute(embedding_1=a, embedding_3=c)
-    other = pack.psa_core.UserEmbedding(torch.zeros(1, 33), "hf-qwen2-33x2")
-    with pytest.raises(pack.psa_core.CompatibilityError, match="different encoders"):
+    other = psa_core.UserEmbedding(torch.zeros(1, 33), "hf-qwen2-33x2")
+    with pytest.raises(psa_core.CompatibilityError, match="different encoders"):
         nodes(pack).PSAEmbeddingBatch.execute(embedding_1=a, embedding_2=other)
 
 
@@ -213,11 +216,11 @@ def sd15(folder_paths):
 
 
 def adapter_file(pack, path, embedding_dim, encoder=None):
-    family = pack.psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    family = psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
     nested = tm.random_adapter_tensors(family, embedding_dim)
     flat = {f"{group}.{key}": t.contiguous() for group, tensors in nested.items() for key, t in tensors.items()}
     save_file(flat, str(path), metadata={"psa.encoder": encoder} if encoder else None)
-    return pack.psa_core.load_adapter(path)
+    return psa_core.load_adapter(path)
 
 
 def one_step(model, noise):
@@ -251,7 +254,7 @@ def test_batch_of_five_profiles_equals_five_separate_runs(pack, sd15, tmp_path, 
 
 def test_published_embeddings_batch_through_psa_apply(pack, sd15, tmp_path, reference, one_thread):
     adapter = adapter_file(pack, tmp_path / "reference_dim.safetensors", 3584)
-    published = [pack.psa_core.load_embedding(reference / "embeddings" / f"{i}.npy") for i in ("0000001", "0000002")]
+    published = [psa_core.load_embedding(reference / "embeddings" / f"{i}.npy") for i in ("0000001", "0000002")]
     assert all(e.dim == 3584 and e.encoder is None for e in published)
     batch_equals_separate_runs(pack, sd15, adapter, published)
 
@@ -259,14 +262,14 @@ def test_published_embeddings_batch_through_psa_apply(pack, sd15, tmp_path, refe
 def test_encoder_adapter_mismatch_stops_psa_apply(pack, sd15, tmp_path):
     apply = pack.nodes.nodes_inference.PSAApply
     structured_adapter = adapter_file(pack, tmp_path / "structured.safetensors", 33, STRUCTURED)
-    wrong_encoder = pack.psa_core.UserEmbedding(torch.zeros(1, 33), "hf-qwen2-33x2")
-    with pytest.raises(pack.psa_core.CompatibilityError,
+    wrong_encoder = psa_core.UserEmbedding(torch.zeros(1, 33), "hf-qwen2-33x2")
+    with pytest.raises(psa_core.CompatibilityError,
                        match="made by encoder 'hf-qwen2-33x2' but adapter 'structured.safetensors' was trained with "
                              "'psa-structured-v1'; encode the profile with 'psa-structured-v1'"):
         apply.execute(sd15, structured_adapter, wrong_encoder, 1.0, 0.0, 1.0)
     reference_adapter = adapter_file(pack, tmp_path / "published_like.safetensors", 3584)
-    structured = encode(pack, pack.psa_core.profile.EVALUATION_USERS["level_1"])
-    with pytest.raises(pack.psa_core.CompatibilityError,
+    structured = encode(pack, psa_core.profile.EVALUATION_USERS["level_1"])
+    with pytest.raises(psa_core.CompatibilityError,
                        match=r"embedding has 33 dimensions but adapter 'published_like.safetensors' expects 3584 "
                              r"\(encoder qwen2.5-7b-instruct\)"):
         apply.execute(sd15, reference_adapter, structured, 1.0, 0.0, 1.0)

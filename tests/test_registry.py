@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,14 +24,22 @@ import pytest
 
 from comfy_env import REPO, registered_nodes
 from http_server import PACK_FOLDER, ComfyServer
+from source_imports import DEVELOPMENT_PACKAGES, development_imports
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]  # comfy-cli runs and a fresh ComfyUI
 
 COMFY_CLI = Path(sys.executable).with_name("comfy")
 ARCHIVE = "node.zip"  # comfy-cli's NODE_ZIP_FILENAME
 # Development-only top-level paths that must stay out of the archive.
-EXCLUDED_ROOTS = ("tests", "bench", ".ci", "scripts", ".cache", ".venv", ".git", ".github", ".whl", ".devcarry",
-                  "requirements-test.txt")
+EXCLUDED_ROOTS = ("tests", "testkit", "bench", ".ci", "scripts", ".cache", ".venv", ".git", ".github", ".whl",
+                  ".devcarry", "requirements-test.txt")
+# Everything the archive may hold at its top level: what ComfyUI loads, the standalone trainer, the example
+# workflows, the docs and the registry's files.
+ARCHIVE_ROOTS = {"__init__.py", "nodes", "psa_core", "trainer", "workflows", "docs", "pyproject.toml",
+                 "requirements.txt", "README.md", "LICENSE"}
+PYTHON_PACKAGES = ("nodes", "psa_core", "trainer")  # the shipped Python, with the root __init__.py
+# Test and benchmark fixtures: the development-only packages and folders, and fixture-like module names.
+FIXTURE_MODULE = re.compile(r"(^|/)(synthetic\w*|tiny_\w+|comfy_tiny|conftest|test_\w+|\w*fixtures?)\.py$")
 # What ComfyUI and the registry need from the archive.
 REQUIRED_FILES = ("__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE",
                   "nodes/__init__.py", "psa_core/__init__.py")
@@ -134,6 +143,25 @@ def test_archive_holds_the_pack_and_no_development_files_or_reference_data(archi
         copies = {n: hashes[h] for n in names if (h := hashlib.sha256(opened.read(n)).hexdigest()) in hashes}
     assert not copies, f"reference data copied into the archive: {copies}"
     assert not [n for n in names if n.endswith(".npy")], "embedding files in the archive"
+
+
+def test_archive_members_are_the_pack_and_no_test_or_bench_fixture(archive: Path, release_tree: Path):
+    names = archive_names(archive)
+    listing = f"{ARCHIVE} members:\n" + "\n".join(names)
+    unexpected = sorted({PurePosixPath(n).parts[0] for n in names} - ARCHIVE_ROOTS)
+    assert not unexpected, f"top-level entries beyond the pack's: {unexpected}\n{listing}"
+    fixtures = [n for n in names if PurePosixPath(n).parts[0] in DEVELOPMENT_PACKAGES or FIXTURE_MODULE.search(n)]
+    assert not fixtures, f"test or bench fixtures in {ARCHIVE}: {fixtures}\n{listing}"
+    python = [n for n in names if n.endswith(".py")]
+    stray = [n for n in python if n != "__init__.py" and PurePosixPath(n).parts[0] not in PYTHON_PACKAGES]
+    assert not stray, f"Python outside the shipped packages: {stray}\n{listing}"
+    shipped = sorted(str(p.relative_to(release_tree)) for folder in PYTHON_PACKAGES
+                     for p in (release_tree / folder).rglob("*.py"))
+    assert sorted(set(shipped) - set(python)) == [], f"shipped modules left out\n{listing}"
+    with zipfile.ZipFile(archive) as opened:
+        imports = {n: development_imports(opened.read(n)) for n in python}
+    development = {n: found for n, found in imports.items() if found}
+    assert not development, f"shipped modules import development-only packages: {development}"
 
 
 def test_unpacked_archive_loads_every_psa_node_in_a_fresh_comfyui(archive: Path, pack: ModuleType, tmp_path: Path):

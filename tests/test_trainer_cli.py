@@ -16,21 +16,21 @@ from safetensors import safe_open
 from psa_core.adapter_file import load_adapter, reference_state_dicts
 from psa_core.encoders.structured import STRUCTURED_ENCODER
 from psa_core.training.errors import TrainingError
-from trainer.__main__ import EXIT_BAD_INPUT, EXIT_NON_FINITE, main
-from trainer.config import parse_train_args
-from trainer.synthetic import (
+from testkit.models import (
     ModelSpec,
     build_components,
     save_diffusers_folder,
     save_single_file,
     write_tokenizer,
 )
-from trainer.synthetic_data import (
+from testkit.preference_data import (
     ALLOWS_CATEGORY,
     BANS_CATEGORY,
     write_pairs,
     write_profiles,
 )
+from trainer.__main__ import EXIT_BAD_INPUT, EXIT_NON_FINITE, main
+from trainer.config import parse_train_args
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +50,7 @@ def workspace(tmp_path_factory):
 def pairs_args(ws, output, *extra):
     return ["train", "--base-model", str(ws["sd15"]), "--tokenizer", str(ws["tokenizer"]), "--data", str(ws["pairs"]),
             "--profiles", str(ws["profiles"]), "--encoder", STRUCTURED_ENCODER, "--output", str(output),
-            "--resolution", "32", "--batch", "2", "--device", "cpu", "--precision", "no", *extra]
+            "--resolution", "32", "--batch", "2", "--device", "cpu", "--precision", "fp32", *extra]
 
 
 def reference_modules(family, embedding_dim):
@@ -160,7 +160,7 @@ def test_sdxl_single_file_trains_on_sage_data_with_an_embeddings_folder(workspac
     assert main(["train", "--base-model", str(workspace["sdxl"]), "--tokenizer", str(workspace["tokenizer"]),
                  "--data", str(data), "--embeddings", str(embeddings), "--encoder", "test-encoder",
                  "--output", str(output), "--resolution", "32", "--batch", "2", "--steps", "2", "--lr", "1e-3",
-                 "--warmup-steps", "0", "--device", "cpu", "--precision", "no", "--no-hflip"]) == 0
+                 "--warmup-steps", "0", "--device", "cpu", "--precision", "fp32", "--no-hflip"]) == 0
     loaded = load_adapter(output / "psa_adapter.safetensors")
     assert loaded.family.name == "sdxl" and loaded.family.num_layers == 70 and loaded.embedding_dim == 24
     assert loaded.encoder == "test-encoder"

@@ -27,14 +27,14 @@ from psa_core.adapter import PSAAdapter
 from psa_core.adapter_file import load_adapter
 from psa_core.encoders.structured import STRUCTURED_ENCODER
 from psa_core.training.loop import new_adapter
-from trainer.__main__ import main
-from trainer.synthetic import (
+from testkit.models import (
     ModelSpec,
     build_components,
     save_single_file,
     write_tokenizer,
 )
-from trainer.synthetic_data import write_pairs, write_profiles
+from testkit.preference_data import write_pairs, write_profiles
+from trainer.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path):
                 "--cache-dir", str(tmp_path / "cache"), "--resolution", "32", "--batch", "2",
                 "--accumulation", str(accumulation), "--steps", "2", "--checkpoint-every", "1",
                 "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "0", "--max-grad-norm", "0",
-                "--warmup-steps", "0", "--device", "cpu", "--precision", "no", "--seed", str(SEED)]
+                "--warmup-steps", "0", "--device", "cpu", "--precision", "fp32", "--seed", str(SEED)]
 
     assert main(args(tmp_path / "one", 2)) == 0
     assert main(args(tmp_path / "half", 1)) == 0

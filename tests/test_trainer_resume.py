@@ -15,14 +15,14 @@ import torch
 
 from psa_core.adapter_file import load_adapter
 from psa_core.encoders.structured import STRUCTURED_ENCODER
-from trainer.__main__ import EXIT_BAD_INPUT, main
-from trainer.synthetic import (
+from testkit.models import (
     ModelSpec,
     build_components,
     save_single_file,
     write_tokenizer,
 )
-from trainer.synthetic_data import write_pairs, write_profiles
+from testkit.preference_data import write_pairs, write_profiles
+from trainer.__main__ import EXIT_BAD_INPUT, main
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 12, 3
@@ -36,7 +36,7 @@ def trainer_command(base, tokenizer, pairs, profiles, output, cache, *extra):
             "--data", str(pairs), "--profiles", str(profiles), "--encoder", STRUCTURED_ENCODER,
             "--output", str(output), "--cache-dir", str(cache), "--resolution", "32", "--batch", "2",
             "--accumulation", "2", "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--keep-checkpoints", "0",
-            "--lr", "1e-3", "--warmup-steps", "6", "--device", "cpu", "--precision", "no", "--seed", "5", *extra]
+            "--lr", "1e-3", "--warmup-steps", "6", "--device", "cpu", "--precision", "fp32", "--seed", "5", *extra]
 
 
 def environment():

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load, load_file
 
 from psa_core.encoders.structured import STRUCTURED_ENCODER
+from testkit.models import ModelSpec, build_components, save_single_file, write_tokenizer
+from testkit.preference_data import write_pairs, write_profiles
 from trainer.__main__ import main
-from trainer.synthetic import ModelSpec, build_components, save_single_file, write_tokenizer
-from trainer.synthetic_data import write_pairs, write_profiles
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_USAGE = 2
@@ -38,7 +38,7 @@ def train_args(inputs: dict[str, Path], output: Path | str, *extra: str) -> list
     return ["train", "--base-model", str(inputs["base"]), "--tokenizer", str(inputs["tokenizer"]),
             "--data", str(inputs["pairs"]), "--profiles", str(inputs["profiles"]), "--encoder", STRUCTURED_ENCODER,
             "--output", str(output), "--cache-dir", str(inputs["cache"]), "--resolution", "32", "--batch", "2",
-            "--steps", "2", "--warmup-steps", "0", "--lr", "1e-3", "--device", "cpu", "--precision", "no", *extra]
+            "--steps", "2", "--warmup-steps", "0", "--lr", "1e-3", "--device", "cpu", "--precision", "fp32", *extra]
 
 
 def trainer(inputs: dict[str, Path], output: Path | str, *extra: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from psa_core.training.cache import (
     open_or_build_cache,
 )
 from psa_core.training.labelling import read_labelled_pairs, read_profiles
-from trainer.synthetic_data import write_pairs, write_profiles
+from testkit.preference_data import write_pairs, write_profiles
 
 
 class CountingEncoders:

@@ -37,7 +37,7 @@ from psa_core.training.labelling import (
     read_unlabelled_pairs,
 )
 from psa_core.training.sage import read_sage, sage_name_info
-from trainer.synthetic_data import (
+from testkit.preference_data import (
     ALLOWS_CATEGORY,
     BANS_CATEGORY,
     write_pairs,

@@ -15,7 +15,7 @@ from PIL import Image
 from psa_core.embedding import UserEmbedding, save_embedding
 from psa_core.encoders.structured import StructuredEncoder
 from psa_core.profile import profile_from_dict
-from trainer.synthetic_data import BANS_CATEGORY, write_pairs, write_profiles
+from testkit.preference_data import BANS_CATEGORY, write_pairs, write_profiles
 
 TRAIN_WORKFLOW = REPO / "workflows" / "psa_train_adapter.json"
 SAMPLE_WORKFLOW = REPO / "workflows" / "psa_sd15_text_to_image.json"

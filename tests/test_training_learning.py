@@ -24,11 +24,11 @@ from learning_setup import (
 )
 from psa_core.encoders.structured import STRUCTURED_ENCODER, StructuredEncoder
 from psa_core.profile import profile_from_dict
+from testkit.models import save_single_file, write_tokenizer
+from testkit.preference_data import ALLOWS_CATEGORY, BANS_CATEGORY
 from trainer.__main__ import main
 from trainer.config import parse_train_args
 from trainer.evaluation import evaluate_adapter
-from trainer.synthetic import save_single_file, write_tokenizer
-from trainer.synthetic_data import ALLOWS_CATEGORY, BANS_CATEGORY
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def test_adapter_learns_opposite_preferences_per_profile(tmp_path):
     train_pairs, held_out, profiles = write_learning_data(tmp_path / "data")
     common = ["--base-model", str(base), "--tokenizer", str(tokenizer), "--profiles", str(profiles),
               "--encoder", STRUCTURED_ENCODER, "--resolution", str(RESOLUTION), "--no-hflip", "--device", "cpu",
-              "--precision", "no", "--batch", str(DPO_BATCH)]
+              "--precision", "fp32", "--batch", str(DPO_BATCH)]
     output = tmp_path / "run"
     assert main(["train", *common, "--data", str(train_pairs), "--output", str(output), "--steps", str(DPO_STEPS),
                  "--lr", str(DPO_LR), "--warmup-steps", "0", "--checkpoint-every", "1000"]) == 0

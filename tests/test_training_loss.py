@@ -16,8 +16,8 @@ from psa_core.families import get_family
 from psa_core.training.loss import DEFAULT_BETA, dpo_loss, per_sample_mse
 from psa_core.training.noise import DDPMSchedule
 from psa_core.training.step import PairBatch, dpo_step
+from testkit.models import ModelSpec, build_unet
 from trainer.hook import DiffusersPSAPredictor
-from trainer.synthetic import ModelSpec, build_unet
 
 EMBEDDING_DIM = 12
 LN2 = math.log(2.0)

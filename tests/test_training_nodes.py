@@ -30,8 +30,16 @@ from learning_setup import (
     pretrained_components,
     write_learning_data,
 )
-from trainer.synthetic import ModelSpec, build_components, save_single_file, write_tokenizer
-from trainer.synthetic_data import ALLOWS_CATEGORY, BANS_CATEGORY, write_pairs, write_profiles
+from testkit.models import ModelSpec, build_components, save_single_file, write_tokenizer
+from testkit.preference_data import ALLOWS_CATEGORY, BANS_CATEGORY, write_pairs, write_profiles
+import psa_core
+import psa_core.adapter
+import psa_core.training.batches
+import psa_core.training.embeddings
+import psa_core.training.errors
+import psa_core.training.evaluate
+import psa_core.training.inputs
+import psa_core.training.loop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,9 +103,9 @@ def tiny_setup(tmp_path_factory):
 def test_nodes_learn_opposite_preferences_per_profile(pack, folder_paths, tmp_path):
     run = _module(pack, "nodes.training_run")
     model_glue = _module(pack, "nodes.training_model")
-    evaluate = _module(pack, "psa_core.training.evaluate").evaluate
-    batches = _module(pack, "psa_core.training.batches")
-    adapter_module = _module(pack, "psa_core.adapter")
+    evaluate = psa_core.training.evaluate.evaluate
+    batches = psa_core.training.batches
+    adapter_module = psa_core.adapter
 
     components = pretrained_components(tmp_path / "pretrain")
     graph = _graph(components, write_tokenizer(tmp_path / "tokenizer"))
@@ -108,11 +116,11 @@ def test_nodes_learn_opposite_preferences_per_profile(pack, folder_paths, tmp_pa
     model, clip, vae = graph
     family = run.model_family(model)
     dataset = _dataset(pack, held_out, profiles)
-    settings = run.TrainingSettings(steps=1, hflip=False, caption_dropout=0.0)
-    users = _module(pack, "psa_core.training.embeddings").build_user_table(
-        dataset.data.records, _module(pack, "psa_core.training.inputs").embedding_source(
+    settings = run.in_graph_config(dataset, steps=1, hflip=False, caption_dropout=0.0)
+    users = psa_core.training.embeddings.build_user_table(
+        dataset.data.records, psa_core.training.inputs.embedding_source(
             None, "psa-structured-v1", dataset.profiles, tmp_path / "embeddings"))
-    cache, _ = run._build_cache(model, vae, clip, family, dataset, settings, tmp_path / "cache")
+    cache = run._build_cache(model, vae, clip, family, dataset, settings, tmp_path / "cache")
     pairs = batches.CachedPairs(dataset.data, cache, users,
                                 batches.AssemblyOptions(0.0, 0.0, False, resolution=RESOLUTION))
     predict = model_glue.ComfyPSAPredictor(model, family)
@@ -134,15 +142,16 @@ def _node_adapter(pack, tiny_setup, components, steps, lr, batch, seed, cache_dt
     folder, _, tokenizer, pairs, profiles = tiny_setup
     run = _module(pack, "nodes.training_run")
     model, clip, vae = _graph(components, tokenizer)
-    settings = run.TrainingSettings(steps, lr, batch, seed=seed, cache_dtype=cache_dtype)
+    dataset = _dataset(pack, pairs, profiles)
+    settings = run.in_graph_config(dataset, steps, lr=lr, batch=batch, seed=seed, cache_dtype=cache_dtype)
     with torch.inference_mode():
-        return run.train_in_graph(model, clip, vae, _dataset(pack, pairs, profiles), settings,
+        return run.train_in_graph(model, clip, vae, dataset, settings,
                                   encoder="psa-structured-v1").adapter
 
 
 def _update_differences(pack, adapter, reference, seed) -> tuple[float, float]:
     """(whole, worst tensor): ‖Δ_adapter − Δ_reference‖ / ‖Δ_reference‖, Δ the change from the seeded start."""
-    initial = _module(pack, "psa_core.training.loop").new_adapter(reference.family, reference.embedding_dim, seed)
+    initial = psa_core.training.loop.new_adapter(reference.family, reference.embedding_dim, seed)
     updates = [(name, adapter.projection[name] - start.detach(), reference.projection[name] - start.detach())
                for name, start in initial.projection_state().items()]
     updates += [(f"to_v_user {i}", ours - start, theirs - start) for i, (ours, theirs, start) in enumerate(
@@ -185,10 +194,10 @@ def test_node_training_equals_the_standalone_trainer(pack, folder_paths, tiny_se
     output = tmp_path / "standalone"
     assert main(["train", "--base-model", str(base), "--tokenizer", str(tokenizer), "--data", str(pairs),
                  "--profiles", str(profiles), "--encoder", "psa-structured-v1", "--resolution", str(RESOLUTION),
-                 "--device", "cpu", "--precision", "no", "--steps", str(steps), "--batch", str(batch),
+                 "--device", "cpu", "--precision", "fp32", "--steps", str(steps), "--batch", str(batch),
                  "--lr", str(lr), "--warmup-steps", "0", "--seed", str(seed), "--cache-dir", str(tmp_path / "cache"),
                  "--cache-dtype", cache_dtype, "--output", str(output)]) == 0
-    standalone = _module(pack, "psa_core").load_adapter(output / "psa_adapter.safetensors")
+    standalone = psa_core.load_adapter(output / "psa_adapter.safetensors")
     whole, worst = _update_differences(pack, adapter, standalone, seed)
     print(f"{family}, {cache_dtype} cache: update differs by {whole:.2e} overall, {worst:.2e} in the worst tensor")
     assert whole <= WHOLE_BOUND and worst <= TENSOR_BOUND
@@ -213,7 +222,7 @@ def test_cancel_frees_everything_and_changes_nothing(pack, folder_paths, tiny_se
     def cancel_at_step_two(value, total, preview, node_id=None):
         if value == 2:
             watched.extend(weakref.ref(o) for o in gc.get_objects()
-                           if isinstance(o, (_module(pack, "psa_core.adapter").PSAAdapter, torch.optim.Optimizer)))
+                           if isinstance(o, (psa_core.adapter.PSAAdapter, torch.optim.Optimizer)))
             comfy.model_management.interrupt_current_processing(True)
 
     comfy.utils.set_progress_bar_global_hook(cancel_at_step_two)
@@ -233,14 +242,13 @@ def test_cancel_frees_everything_and_changes_nothing(pack, folder_paths, tiny_se
     adapter, _ = _train(pack, graph, dataset, steps=2, batch=2, lr=1e-3)
     assert adapter.family.name == "sd15"
     assert torch.equal(_prediction(graph[0]), before)
-    assert isinstance(adapter, _module(pack, "psa_core").LoadedAdapter)
+    assert isinstance(adapter, psa_core.LoadedAdapter)
     assert training_run.TRAINER_NAME in adapter.metadata["psa.trainer"]
 
 
 def test_save_adapter_writes_the_project_format_listed_at_once(pack, folder_paths, model_folders, tiny_setup):
     nodes = _module(pack, "nodes.nodes_training")
     inference = _module(pack, "nodes.nodes_inference")
-    psa_core = _module(pack, "psa_core")
     _, components, tokenizer, pairs, profiles = tiny_setup
     adapter, _ = _train(pack, _graph(components, tokenizer), _dataset(pack, pairs, profiles), 1, 2, 1e-3)
     names = [nodes.PSASaveAdapter.execute(adapter, "trained/run", "float32").result[0] for _ in range(2)]
@@ -271,8 +279,8 @@ def test_dataset_node_splits_stably_and_reports_bad_paths(pack, folder_paths, ti
     assert {(r.chosen, r.rejected) for r in held_out}.isdisjoint({(r.chosen, r.rejected) for r in train_half})
     assert set(train) <= set(full)
     assert len(node.execute(str(pairs), str(profiles), "auto", "all", 10, 0, 3).result[0].data.records) == 3
-    errors = _module(pack, "psa_core.training.errors")
-    with pytest.raises(pack.psa_core.PSAError, match="path: dataset 'no/such/folder' not found; looked in: "):
+    errors = psa_core.training.errors
+    with pytest.raises(psa_core.PSAError, match="path: dataset 'no/such/folder' not found; looked in: "):
         node.execute("no/such/folder", "", "auto", "all", 10, 0, 0)
     with pytest.raises(errors.DatasetError, match="need profiles"):
         node.execute(str(pairs), "", "auto", "all", 10, 0, 0)
@@ -314,9 +322,10 @@ def test_another_precision_computes_in_it_and_leaves_the_model_as_it_was(pack, f
     monkeypatch.setattr(run, "LocalBackend", RecordedBackend)
     graph = _graph(components, tokenizer)
     before = _prediction(graph[0])
-    settings = run.TrainingSettings(12 if precision == "fp16" else 2, 1e-3, 2, precision=precision)
+    dataset = _dataset(pack, pairs, profiles)
+    settings = run.in_graph_config(dataset, 12 if precision == "fp16" else 2, lr=1e-3, batch=2, precision=precision)
     with torch.inference_mode():
-        result = run.train_in_graph(*graph, _dataset(pack, pairs, profiles), settings, encoder="psa-structured-v1")
+        result = run.train_in_graph(*graph, dataset, settings, encoder="psa-structured-v1")
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history.rows)
     assert (backends[0].scaler is not None) == (precision == "fp16"), "loss scaling exactly for fp16 compute"
     if precision == "fp16":  # the first steps overflow at the initial scale 2^16 and are skipped, as in Accelerate
@@ -325,9 +334,8 @@ def test_another_precision_computes_in_it_and_leaves_the_model_as_it_was(pack, f
     assert any((w != 0).any() for w in result.adapter.value_weights), "the adapter did not train"
     assert all(p.dtype == torch.float32 for p in graph[0].model.diffusion_model.parameters())
     assert torch.equal(_prediction(graph[0]), before)
-    with pytest.raises(_module(pack, "psa_core.training.errors").TrainingError, match="allowed: auto, fp32"):
-        run.train_in_graph(*graph, _dataset(pack, pairs, profiles), run.TrainingSettings(1, precision="fp64"),
-                           encoder="psa-structured-v1")
+    with pytest.raises(psa_core.training.errors.TrainingError, match="allowed: auto, fp32"):
+        run.in_graph_config(dataset, 1, precision="fp64")
 
 
 @pytest.mark.parametrize("family_name", ["sd15", "sdxl"])

@@ -1,32 +1,18 @@
-"""Tiny models with the real SD1.5 / SDXL block layouts, built through ComfyUI's own model classes,
-and tiny PSA adapters that fit them. Import only after ComfyUI is on sys.path (see comfy_env)."""
+"""Tiny models with the real SD1.5 / SDXL block layouts (testkit.layouts, from psa_core.families), built
+through ComfyUI's own model classes, and tiny PSA adapters that fit them. Import only after ComfyUI is on
+sys.path (see comfy_env). SDXL's label_emb keeps its real input width (2816: pooled 1280 + 6 x 256), as the
+`conditioning` here gives ComfyUI's SDXL.encode_adm what it expects."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
+from testkit.layouts import unet_layout
+
 TINY_CHANNELS = 32
 TINY_CONTEXT = {"sd15": 64, "sdxl": 96}
 TINY_EMBEDDING_DIM = 48
-
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-    "in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_resblock": False,
-    "use_temporal_attention": False,
-}
-SDXL_UNET = {
-    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-    "in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
-    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
-    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_linear_in_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
-    "use_temporal_resblock": False,
-    "use_temporal_attention": False,
-}
 
 
 def build_model(family: str, model_channels: int = TINY_CHANNELS, context_dim: int | None = None,
@@ -36,11 +22,7 @@ def build_model(family: str, model_channels: int = TINY_CHANNELS, context_dim: i
     import comfy.model_patcher
     import comfy.supported_models
 
-    context_dim = context_dim or TINY_CONTEXT[family]
-    unet = dict(SD15_UNET if family == "sd15" else SDXL_UNET)
-    unet.update(model_channels=model_channels, context_dim=context_dim)
-    if channel_mult:
-        unet["channel_mult"] = list(channel_mult)
+    unet = unet_layout(family, model_channels, context_dim or TINY_CONTEXT[family], channel_mult).comfy_unet_config()
     config_class = comfy.supported_models.SD15 if family == "sd15" else comfy.supported_models.SDXL
     config = config_class(unet)
     config.unet_config.update(num_heads=2, num_head_channels=-1)  # the real 8 heads / 64-d heads do not divide tiny widths

@@ -22,13 +22,13 @@ import torch
 from psa_core.dataset_build import PAIRS_NAME, PairDataset, PairItem, read_prompt_pairs
 from psa_core.dataset_build.prompt_pairs import FORMAT_HELP, MAX_SEED
 from psa_core.training.errors import TrainingError
-from psa_core.training.fingerprint import HashMemo, model_fingerprint
-from psa_core.training.loop import DEFAULT_RESOLUTION
+from psa_core.fingerprint import HashMemo, model_fingerprint
+from psa_core.training.config import DEFAULT_RESOLUTION, PRECISIONS
 
 from .models import load_base_model
 
 SAMPLERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The SD1.5/SDXL training schedule; single files carry no scheduler config (trainer/models.py uses the same).
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",

@@ -3,47 +3,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from psa_core.training.cache import CacheSettings, LatentCache, open_or_build_cache
+from psa_core.training.cache import LatentCache, open_or_build_cache
+from psa_core.training.config import TrainingConfig
 from psa_core.training.embeddings import UserTable, build_user_table
-from psa_core.training.fingerprint import HashMemo, model_fingerprint
+from psa_core.fingerprint import HashMemo, model_fingerprint
 from psa_core.training.inputs import embedding_source, read_training_data
 from psa_core.training.records import LabelledData
+from psa_core.training.run import cache_settings
 
-from .config import TrainConfig
 from .encode import TEXT_DESCRIPTION, image_encoder, text_encoder
 from .models import BaseModel
 
 
-def _user_ids(config: TrainConfig) -> list[str]:
-    return [u.strip() for u in (config.users or "").split(",") if u.strip()]
-
-
-def read_data(config: TrainConfig) -> LabelledData:
-    return read_training_data(config.data, config.data_format, config.profiles, _user_ids(config),
+def read_data(config: TrainingConfig) -> LabelledData:
+    return read_training_data(config.data, config.data_format, config.profiles, config.user_ids(),
                               config.skip_invalid)
 
 
-def cache_root(config: TrainConfig, data: LabelledData) -> Path:
+def cache_root(config: TrainingConfig, data: LabelledData) -> Path:
     return Path(config.cache_dir) if config.cache_dir else data.root / ".psa_cache"
 
 
-def user_table(config: TrainConfig, data: LabelledData) -> UserTable:
+def user_table(config: TrainingConfig, data: LabelledData) -> UserTable:
     source = embedding_source(config.embeddings, config.encoder, config.profiles, cache_root(config, data))
     return build_user_table(data.records, source)
 
 
-def base_fingerprint(config: TrainConfig, data: LabelledData) -> str:
+def base_fingerprint(config: TrainingConfig, data: LabelledData) -> str:
     memo = HashMemo(cache_root(config, data) / "file_hashes.json")
     fingerprint = model_fingerprint(config.base_model, memo)
     memo.save()
     return fingerprint
 
 
-def open_cache(config: TrainConfig, base: BaseModel, data: LabelledData, fingerprint: str, resolution: int,
+def open_cache(config: TrainingConfig, base: BaseModel, data: LabelledData, fingerprint: str, resolution: int,
                device, build: bool, log=print, progress=None) -> LatentCache:
     """The latent/text cache; the main process builds it when missing (`build`), the others only open it."""
     description = f"{base.family_name}: vae posterior mean/std x scaling; {TEXT_DESCRIPTION[base.family_name]}"
-    settings = CacheSettings(fingerprint, resolution, config.hflip, config.cache_dtype, description)
+    settings = cache_settings(config, fingerprint, resolution, description)
     state = {}
 
     def encoders():

@@ -6,28 +6,27 @@ from pathlib import Path
 
 from psa_core.adapter import PSAAdapter
 from psa_core.adapter_file import load_adapter
-from psa_core.training.batches import AssemblyOptions, CachedPairs
+from psa_core.training.config import TrainingConfig
 from psa_core.training.errors import TrainingError
 from psa_core.training.evaluate import evaluate
-from psa_core.training.loop import DEFAULT_RESOLUTION
+from psa_core.training.run import evaluation_pairs
 
-from .config import TrainConfig
 from .data import base_fingerprint, open_cache, read_data, user_table
 from .hook import DiffusersPSAPredictor
 from .models import load_base_model
 
 
-def evaluate_adapter(config: TrainConfig, adapter_path: str | Path, draws: int = 8, seed: int = 1234,
+def evaluate_adapter(config: TrainingConfig, adapter_path: str | Path, draws: int = 8, seed: int = 1234,
                      device: str = "cpu") -> dict:
     """Accuracy of the adapter at `adapter_path` on the pairs of `config.data` (no dropout, no flips)."""
     config = replace(config, hflip=False)
     data = read_data(config)
     users = user_table(config, data)
     base = load_base_model(config.base_model, config.family, config.tokenizer)
-    resolution = config.resolution or DEFAULT_RESOLUTION[base.family_name]
+    resolution = config.resolution_for(base.family_name)
     cache = open_cache(config, base, data, base_fingerprint(config, data), resolution, device, build=True,
                        log=lambda text: None)
-    pairs = CachedPairs(data, cache, users, AssemblyOptions(0.0, 0.0, False, base.family_name == "sdxl", resolution))
+    pairs = evaluation_pairs(config, base.family, data, cache, users)
     loaded = load_adapter(adapter_path)
     if loaded.embedding_dim != users.dim:
         raise TrainingError(f"adapter expects {loaded.embedding_dim}-d embeddings, the data's users have {users.dim}")

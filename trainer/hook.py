@@ -1,6 +1,6 @@
 """The PSA term inside a diffusers UNet: forward hooks on every attn2, and the `predict` callable of the core.
 
-Each hook adds `W_out^l·v_l` (`psa_core.training.step.attn2_shift`, the live `to_out[0].weight`, no bias) to
+Each hook adds `W_out^l·v_l` (`psa_core.adapter.attn2_shift`, the live `to_out[0].weight`, no bias) to
 its attn2 output. `predict(..., user_values=None)` runs the untouched base UNet: the hooks return None and
 change nothing, so the adapter-off reference is the base model bit for bit.
 
@@ -16,9 +16,10 @@ from functools import partial
 import torch
 from diffusers import UNet2DConditionModel
 
+from psa_core.adapter import attn2_shift
 from psa_core.families import Family
 from psa_core.training.errors import TrainingError
-from psa_core.training.step import Conditioning, attn2_shift
+from psa_core.training.step import Conditioning
 
 ADDED_CONDITIONING = ("text_embeds", "time_ids")
 

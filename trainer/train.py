@@ -22,40 +22,41 @@ from tqdm.auto import tqdm
 from psa_core.adapter_file import SAVE_DTYPES, save_adapter
 from psa_core.atomic import atomic_write
 from psa_core.training import checkpoint as checkpoints
-from psa_core.training.batches import AssemblyOptions, CachedPairs, PairOrder
+from psa_core.training.config import PRECISION_DTYPES, TrainingConfig
 from psa_core.training.errors import TrainingError
-from psa_core.training.loop import DEFAULT_RESOLUTION, NonFiniteLoss, StepInputs, new_adapter, optimizer_step
-from psa_core.training.optim import build_lr_scheduler, build_optimizer
+from psa_core.training.loop import NonFiniteLoss, optimizer_step
 from psa_core.training.records import SKIPPED_REPORT
 from psa_core.training.report import History
+from psa_core.training.run import assemble_run, training_metadata
 
-from .config import TrainConfig
 from .data import base_fingerprint, open_cache, read_data, user_table
 from .hook import DiffusersPSAPredictor
 from .models import load_base_model
 from .report import RunLog, plot_run
 
 TRAINER_NAME = "psa-trainer 1"
-WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # Accelerate's mixed_precision names
 # Settings a resumed run must share with the checkpoint, or the continuation would not be the same run.
 RESUME_KEYS = ("seed", "batch", "base_model_sha256", "cache_key", "family", "embedding_dim", "beta", "steps")
 RUN_FILES = ("train_log.jsonl", "train_plot.png", SKIPPED_REPORT)  # besides the adapter and checkpoints/
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
+def make_accelerator(config: TrainingConfig) -> tuple[Accelerator, str]:
+    """The accelerator for this run, and the UNet's compute precision (fp32, bf16 or fp16)."""
     if config.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda but no CUDA device is available; use --device cpu")
     on_gpu = config.device != "cpu" and torch.cuda.is_available()
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp16" and not on_gpu:
-        raise TrainingError("--precision fp16 needs a GPU; use bf16 or no on the CPU")
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.accumulation,
-                       cpu=not on_gpu)
+        raise TrainingError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[precision],
+                              gradient_accumulation_steps=config.accumulation, cpu=not on_gpu)
+    return accelerator, precision
 
 
-def resume_checkpoint(config: TrainConfig, root: Path) -> Path | None:
+def resume_checkpoint(config: TrainingConfig, root: Path) -> Path | None:
     if not config.resume:
         return None
     if config.resume == "latest":
@@ -69,7 +70,7 @@ def resume_checkpoint(config: TrainConfig, root: Path) -> Path | None:
     return Path(config.resume)
 
 
-def check_run_folder(config: TrainConfig) -> Path | None:
+def check_run_folder(config: TrainingConfig) -> Path | None:
     """Before any work: --output can be written, nothing there stands where this run writes its files, and a
     finished adapter is replaced only with --overwrite. Returns the checkpoint to resume from, if any."""
     output = Path(config.output)
@@ -102,11 +103,11 @@ def check_run_folder(config: TrainConfig) -> Path | None:
     return resume_from
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainingConfig) -> Path:
     """Run the training described by `config`; returns the path of the saved adapter."""
     output = Path(config.output)
     resume_from = check_run_folder(config)
-    accelerator = make_accelerator(config)
+    accelerator, precision = make_accelerator(config)
     main = accelerator.is_main_process
     say = (lambda text: tqdm.write(text, file=sys.stderr)) if main else (lambda text: None)
     # numpy's global generator takes 32-bit seeds; the run's own random numbers all come from derived_seed.
@@ -123,30 +124,24 @@ def train(config: TrainConfig) -> Path:
     users = user_table(config, data)
 
     # 2. The frozen base model (UNet now; VAE and text encoders only if the cache must be built).
-    weight_dtype = WEIGHT_DTYPES[accelerator.mixed_precision]
-    base = load_base_model(config.base_model, config.family, config.tokenizer, weight_dtype)
+    base = load_base_model(config.base_model, config.family, config.tokenizer, PRECISION_DTYPES[precision])
     family = base.family
-    resolution = config.resolution or DEFAULT_RESOLUTION[base.family_name]
+    resolution = config.resolution_for(base.family_name)
 
     # 3. The latent/text cache: built once by the main process, opened by the others.
     with accelerator.main_process_first():
         fingerprint = base_fingerprint(config, data)
         cache = open_cache(config, base, data, fingerprint, resolution, accelerator.device, build=main, log=say)
-    options = AssemblyOptions(config.caption_dropout, config.embedding_dropout, config.hflip,
-                              time_ids=base.family_name == "sdxl", resolution=resolution)
-    pairs = CachedPairs(data, cache, users, options)
-    order = PairOrder(len(pairs), config.batch, config.seed)
-
     # 4. The UNet with the PSA hooks: the policy (values given) and the reference (values None) in one model.
     unet = base.unet.to(accelerator.device)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     predict = DiffusersPSAPredictor(unet, family)
 
-    # 5. The trainable adapter in fp32, its optimizer and LR schedule; or all of them from a checkpoint.
-    adapter = new_adapter(family, users.dim, config.seed)
-    optimizer = build_optimizer(adapter.parameters(), config.optimizer, config.lr, config.weight_decay)
-    lr_scheduler = build_lr_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.steps)
+    # 5. Pairs and their order, the trainable adapter in fp32, its optimizer and LR schedule; the last three
+    #    continued from a checkpoint when resuming.
+    run = assemble_run(config, family, data, cache, users)
+    adapter, optimizer, lr_scheduler = run.adapter, run.optimizer, run.lr_scheduler
     identity = {"seed": config.seed, "batch": config.batch, "base_model_sha256": fingerprint, "cache_key": cache.key,
                 "family": family.describe(), "embedding_dim": users.dim, "beta": config.beta, "steps": config.steps}
     checkpoint_root = output / "checkpoints"
@@ -171,17 +166,16 @@ def train(config: TrainConfig) -> Path:
         output.mkdir(parents=True, exist_ok=True)
     log = RunLog(output / "train_log.jsonl", start_step) if main else None
     pairs_per_step = config.batch * config.accumulation * world
-    say(f"training {family.describe()} adapter: {len(pairs)} pairs, {len(users.user_ids)} users, "
+    say(f"training {family.describe()} adapter: {len(run.pairs)} pairs, {len(users.user_ids)} users, "
         f"{pairs_per_step} pairs per step ({config.batch} x {config.accumulation} accumulation x {world} "
-        f"processes), {accelerator.mixed_precision} precision on {accelerator.device}")
+        f"processes), {precision} precision on {accelerator.device}")
 
     # 6. The loop: `accumulation` micro-batches per optimizer step on every process.
     history = History(log.rows if log else ())
     progress = tqdm(total=config.steps, initial=start_step, disable=not main, desc="train", unit="step",
                     dynamic_ncols=True)
     started = time.perf_counter()
-    inputs = StepInputs(predict, pairs, order, base.schedule, config.seed, config.beta, config.accumulation,
-                        config.max_grad_norm)
+    inputs = run.step_inputs(predict, base.schedule)
     for step in range(start_step, config.steps):
         step_started = time.perf_counter()
         try:
@@ -190,7 +184,7 @@ def train(config: TrainConfig) -> Path:
             raise NonFiniteLoss(stop.what, stop.value, stop.step, _stop_advice(checkpoint_root)) from None
         micro_batches += config.accumulation * world
 
-        row = history.add(step + 1, metrics, epoch=order.epoch_of(micro_batches - 1),
+        row = history.add(step + 1, metrics, epoch=run.order.epoch_of(micro_batches - 1),
                           pairs_per_second=pairs_per_step / (time.perf_counter() - step_started),
                           elapsed_s=time.perf_counter() - started)
         if log:
@@ -213,8 +207,9 @@ def train(config: TrainConfig) -> Path:
     if main:
         trained = accelerator.unwrap_model(adapter)
         loaded = trained.as_loaded(users.encoder, name=config.output_name)
-        save_adapter(loaded, path, SAVE_DTYPES[config.save_dtype], adapter_metadata(config, identity, data, users,
-                                                                                      base.source, resolution))
+        metadata = {**training_metadata(TRAINER_NAME, run, data, users), "psa.base_model": base.source.name,
+                    "psa.base_model_sha256": identity["base_model_sha256"]}
+        save_adapter(loaded, path, SAVE_DTYPES[config.save_dtype], metadata)
         plot_run(log.rows, output / "train_plot.png")
         say(f"saved {path}")
     accelerator.wait_for_everyone()
@@ -245,14 +240,3 @@ def _stop_advice(root: Path) -> str:
         "No checkpoint had been written yet"
     return (f"{kept}, and lower --lr, raise --beta only with care, or use --precision bf16/no instead of fp16")
 
-
-def adapter_metadata(config: TrainConfig, identity: dict, data, users, source: Path, resolution: int) -> dict:
-    return {
-        "psa.trainer": TRAINER_NAME,
-        "psa.base_model": source.name,
-        "psa.base_model_sha256": identity["base_model_sha256"],
-        "psa.training_steps": str(config.steps),
-        "psa.training_config": {**config.to_dict(), "resolution": resolution},
-        "psa.training_data": {**data.summary(), "users": len(users.user_ids)},
-        "psa.dpo_beta": f"{config.beta:g} (inside = -0.5*beta*delta; diffusers' SD1.5 beta is half of it)",
-    }

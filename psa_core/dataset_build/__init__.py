@@ -1,8 +1,9 @@
 """Building personalized preference data: prompt-pair files in, a dataset folder of unlabelled image pairs out.
 
 Shared by the ComfyUI nodes (nodes/nodes_dataset.py) and `python -m trainer build-data`: the prompt-pair
-format and its checks (`prompt_pairs`), the dataset folder with atomic per-pair writes (`dataset`), and safe
-rewrites of unsafe prompts with a local LLM (`rewrite`, imported on use: it needs transformers).
+format and its checks (`prompt_pairs`), the dataset folder with atomic per-pair writes (`dataset`), what
+rendered a pair according to ComfyUI's queued graph (`provenance`, a pure function over the API-prompt dict),
+and safe rewrites of unsafe prompts with a local LLM (`rewrite`, imported on use: it needs transformers).
 """
 from .dataset import (IMAGES_DIR, PAIRS_NAME, UNLABELLED_USER, PairDataset, PairItem, WrittenPair,
                       as_rgb_image)

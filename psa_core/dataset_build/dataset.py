@@ -32,15 +32,16 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_write
+from ..fingerprint import FileVersion, file_version
 from ..json_text import JSONTextError, json_lines, parse_json
 from ..training.errors import DatasetError
 from ..training.labelling import DATASET_INFO_NAME
@@ -116,12 +117,10 @@ def _name_number(name: object) -> int | None:
 
 
 def _identity(path: Path) -> list[int] | None:
-    """What tells this very file apart (a rename keeps it; another file with the same name has another)."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+    """What tells this very file apart (a rename keeps it; another file with the same name has another), in the
+    JSON form the journal stores."""
+    version = file_version(path)
+    return None if version is None else list(version)
 
 
 def _json_form(settings: Mapping) -> dict:
@@ -192,17 +191,15 @@ class PairDataset:
         self.pairs_path = self.folder / PAIRS_NAME
         self.info_path = self.folder / DATASET_INFO_NAME
         self.images = self.folder / IMAGES_DIR
-        self._cache: tuple[tuple, list[dict]] | None = None
+        self._cache: tuple[FileVersion | None, list[dict]] | None = None
 
     # ---- reading ----
 
     def records(self) -> list[dict]:
         """The lines of pairs.jsonl (re-read only when the file changed)."""
-        try:
-            stat = self.pairs_path.stat()
-        except FileNotFoundError:
+        signature = file_version(self.pairs_path)
+        if signature is None:
             return []
-        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if self._cache is None or self._cache[0] != signature:
             records = []
             for number, record, reason in json_lines(self.pairs_path):
@@ -295,8 +292,7 @@ class PairDataset:
     def _write_records(self, records: list[dict]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         atomic_write(self.pairs_path, _fsynced(lambda handle: handle.write(text.encode("utf-8"))))
-        stat = self.pairs_path.stat()
-        self._cache = ((stat.st_ino, stat.st_size, stat.st_mtime_ns), list(records))
+        self._cache = (file_version(self.pairs_path), list(records))
 
     def _write_info(self, info: dict, extra_categories: tuple[str, ...]) -> None:
         info.update(format=FORMAT, version=VERSION, pairs=PAIRS_NAME, extra_categories=list(extra_categories),
@@ -355,8 +351,25 @@ class PairDataset:
             _remove(self.images / f".psa-staged-{token}.{side}.jpg")
         _remove(journal)
 
+    def write_batch(self, item: PairItem, unsafe_images: Sequence, safe_images: Sequence,
+                    settings: Mapping | None = None, extra_categories: str | Iterable[str] = ()) -> list[WrittenPair]:
+        """Write one pair per batch image: image i of both batches as `item` with batch index i."""
+        if len(unsafe_images) != len(safe_images):
+            raise DatasetError(f"{len(unsafe_images)} unsafe images but {len(safe_images)} safe images; a batch of "
+                               "pairs needs as many of each")
+        return [self.write_pair(replace(item, batch_index=index), unsafe, safe, settings, extra_categories)
+                for index, (unsafe, safe) in enumerate(zip(unsafe_images, safe_images))]
+
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for record in self.records():
             counts[record.get("category", "?")] = counts.get(record.get("category", "?"), 0) + 1
         return dict(sorted(counts.items()))
+
+    def report(self, written: Iterable[WrittenPair]) -> str:
+        """What was written, one line per pair, then the dataset's pair count per category."""
+        lines = [f"{'replaced' if w.replaced else 'added'} pair {w.number:05d}: {w.unsafe}, {w.safe}" for w in written]
+        summary = self.summary()
+        counts = ", ".join(f"{category} {count}" for category, count in summary.items())
+        lines.append(f"{self.folder}: {sum(summary.values())} pairs ({counts})")
+        return "\n".join(lines)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..encoders.llm import (DTYPES, AfterRelease, BeforeLoad, _from_pretrained_kwargs, _resolve_dtype,
-                            estimate_weight_bytes, model_fingerprint, read_model_config, release_model_memory)
+from ..encoders.llm import (DTYPES, AfterRelease, BeforeLoad, estimate_weight_bytes, from_pretrained_kwargs,
+                            model_fingerprint, read_model_config, release_model_memory, resolve_dtype)
 from ..errors import PSAError
 
 PLACEHOLDERS = ("<<PROMPT>>", "<<CATEGORY>>", "<<CONCEPT>>")
@@ -61,7 +61,7 @@ class PromptRewriter:
                                "folder (config.json, tokenizer, weights)")
         self.config = read_model_config(self.model_dir)
         self.instruction = check_instruction(instruction)
-        self.dtype_name = _resolve_dtype(dtype, self.config)
+        self.dtype_name = resolve_dtype(dtype, self.config)
         self.device = torch.device(device)
         if max_new_tokens < 1:
             raise RewriteError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -83,7 +83,7 @@ class PromptRewriter:
             raise RewriteError(f"cannot load the tokenizer from {self.model_dir}: {error}") from None
         if self.before_load is not None:
             self.before_load(estimate_weight_bytes(self.model_dir, DTYPES[self.dtype_name]), self.device)
-        kwargs = _from_pretrained_kwargs(DTYPES[self.dtype_name])
+        kwargs = from_pretrained_kwargs(DTYPES[self.dtype_name])
         if self.device.type != "cpu":
             kwargs["device_map"] = {"": self.device}
         try:

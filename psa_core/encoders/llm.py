@@ -19,6 +19,7 @@ import torch
 
 from ..adapter_file import REFERENCE_ENCODER
 from ..errors import shown
+from ..fingerprint import file_version
 from ..json_text import JSONTextError, parse_json
 from ..profile import UserProfile
 from .base import EncoderError, ProfileEncoder
@@ -51,16 +52,18 @@ def _top_level_files(model_dir: Path) -> list[Path]:
 def model_fingerprint(model_dir: str | Path) -> str:
     """A content identity of a model folder: small files whole, large ones by size, head and tail.
 
-    Memoised on (path, names, sizes, mtimes), so a cache hit costs a directory listing, not a hash."""
+    Memoised on the folder and its files' versions (psa_core.fingerprint), so a cache hit costs a directory
+    listing, not a hash."""
     model_dir = Path(model_dir).resolve()
     files = _top_level_files(model_dir)
-    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    memo_key = (str(model_dir), stats)
+    versions = tuple(file_version(p) for p in files)
+    memo_key = (str(model_dir), tuple(p.name for p in files), versions)
     if memo_key not in _fingerprints:
         digest = hashlib.sha256()
-        for path, (name, size, _) in zip(files, stats):
-            digest.update(f"{name}\0{size}\0".encode())
-            with path.open("rb") as handle:
+        for path, version in zip(files, versions):
+            with path.open("rb") as handle:  # raises FileNotFoundError for a file removed since the listing
+                size = version.size
+                digest.update(f"{path.name}\0{size}\0".encode())
                 if size <= _WHOLE_FILE_LIMIT:
                     digest.update(handle.read())
                 else:
@@ -93,7 +96,8 @@ def encoder_name_for(config: dict) -> str:
     return f"hf-{config.get('model_type', 'unknown')}-{config.get('hidden_size')}x{config.get('num_hidden_layers')}"
 
 
-def _resolve_dtype(dtype: str, config: dict) -> str:
+def resolve_dtype(dtype: str, config: dict) -> str:
+    """The dtype name a precision choice means for the model of `config`: "auto" is the checkpoint's own."""
     if dtype == "auto":  # the reference's torch_dtype="auto": whatever the checkpoint declares
         declared = config.get("dtype") or config.get("torch_dtype") or "float32"
         if declared not in DTYPES:
@@ -144,7 +148,8 @@ def estimate_weight_bytes(model_dir: Path, dtype: torch.dtype) -> int:
     return total
 
 
-def _from_pretrained_kwargs(dtype: torch.dtype) -> dict:
+def from_pretrained_kwargs(dtype: torch.dtype) -> dict:
+    """The `from_pretrained` keyword that loads the weights in `dtype`, for the installed transformers."""
     import transformers
 
     major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
@@ -183,7 +188,7 @@ class LLMEncoder(ProfileEncoder):
                                "published adapters")
         self.config = read_model_config(self.model_dir)
         self.template = template
-        self.dtype_name = _resolve_dtype(dtype, self.config)
+        self.dtype_name = resolve_dtype(dtype, self.config)
         self.dtype = DTYPES[self.dtype_name]
         self.device = torch.device(device)
         if batch_size < 1:
@@ -222,7 +227,7 @@ class LLMEncoder(ProfileEncoder):
     def _load_model(self):
         import transformers
 
-        kwargs = _from_pretrained_kwargs(self.dtype)
+        kwargs = from_pretrained_kwargs(self.dtype)
         if self.device.type != "cpu":
             kwargs["device_map"] = {"": self.device}
         verbosity = transformers.logging.get_verbosity()

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .augment import PairGeometry, load_rgb, prepare_cached_image, reading_image
 from .errors import DatasetError
-from .fingerprint import HashMemo
+from ..fingerprint import HashMemo
 from .records import LabelledData
 
 CACHE_FORMAT = "1"

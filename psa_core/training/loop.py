@@ -1,11 +1,11 @@
 """One optimizer step of adapter training, shared by the standalone trainer and the ComfyUI training nodes.
 
-Both callers build the same pieces (cached pairs, pair order, a `predict` callable for their UNet, the adapter,
-its optimizer and LR schedule) and then call `optimizer_step` once per step; only how they get the UNet and how
-they report progress differs (docs/training.md §3). Device handling comes from a `Backend`: 🤗 Accelerate's
-`Accelerator` is one (the trainer, one or many processes); `LocalBackend` is the single-device equivalent with
-the same gradient-accumulation semantics (the nodes, inside ComfyUI's process). With the same seed and data the
-two produce the same micro-batches, the same random numbers and the same updates.
+Both callers assemble the same pieces with run.py (cached pairs, pair order, the adapter, its optimizer and LR
+schedule), add a `predict` callable for their UNet, and then call `optimizer_step` once per step; only how they
+get the UNet and how they report progress differs (docs/training.md §3). Device handling comes from a
+`Backend`: 🤗 Accelerate's `Accelerator` is one (the trainer, one or many processes); `LocalBackend` is the
+single-device equivalent with the same gradient-accumulation semantics (the nodes, inside ComfyUI's process).
+With the same seed and data the two produce the same micro-batches, the same random numbers and the same updates.
 """
 from __future__ import annotations
 
@@ -23,27 +23,6 @@ from .batches import CachedPairs, PairOrder, derived_seed, micro_batch_generator
 from .errors import TrainingError
 from .noise import NoiseSchedule
 from .step import Predict, dpo_step
-
-
-@dataclass(frozen=True)
-class TrainingDefaults:
-    """Settings both front ends share unless the user changes them (PSAlign's SD1.5 recipe, docs/training.md §5)."""
-
-    lr: float = 5e-6
-    lr_schedule: str = "constant_with_warmup"
-    warmup_steps: int = 500
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    caption_dropout: float = 0.2
-    embedding_dropout: float = 0.0
-    hflip: bool = True
-    cache_dtype: str = "float16"
-
-
-DEFAULTS = TrainingDefaults()
-DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' native training sizes
-MAX_SEED = 2**63 - 1  # every random number of a run comes from derived_seed(seed, ...), which takes any of these
 
 
 class NonFiniteLoss(TrainingError):
@@ -182,7 +161,7 @@ class StepInputs:
     seed: int
     beta: float
     accumulation: int
-    max_grad_norm: float = DEFAULTS.max_grad_norm
+    max_grad_norm: float
 
 
 def optimizer_step(backend: Backend, inputs: StepInputs, adapter: torch.nn.Module, optimizer: torch.optim.Optimizer,

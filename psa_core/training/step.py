@@ -2,8 +2,9 @@
 
 The caller supplies `predict(noisy, timesteps, conditioning, user_values)`: the frozen UNet's output for
 a batch, with `user_values` the per-layer PSA values `[N, H_l]` (its hook adds `W_out^l·v_l` to each
-attn2 output, see `attn2_shift`) or None for the adapter switched off. The standalone trainer passes a
-diffusers UNet; the ComfyUI training nodes pass ComfyUI's model. Both run exactly this function.
+attn2 output, see `psa_core.adapter.attn2_shift`) or None for the adapter switched off. The standalone
+trainer passes a diffusers UNet; the ComfyUI training nodes pass ComfyUI's model. Both run exactly this
+function.
 
 Layout (docs/training.md §2): the B pairs become 2B samples, winners first; the noise and the timesteps are
 drawn for B samples and repeated, so winner and loser share both; conditioning and user values are
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from .loss import DEFAULT_BETA, DPOOutput, dpo_loss, per_sample_mse
 from .noise import NoiseSchedule
@@ -61,14 +61,6 @@ class StepResult:
     @property
     def loss(self) -> torch.Tensor:
         return self.dpo.loss
-
-
-def attn2_shift(values: torch.Tensor, out_weight: torch.Tensor) -> torch.Tensor:
-    """The PSA term of one attn2 layer, `W_out·v` per sample: `[N, H]` → `[N, 1, H]` (added to every token).
-
-    Exact single-token collapse (docs/adapter.md §2); `out_weight` is that layer's live `to_out[0].weight`
-    and no bias is added (the layer's own to_out bias is already in its output)."""
-    return F.linear(values.to(out_weight.dtype), out_weight)[:, None, :]
 
 
 def repeat_pairs(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Random-weight base models built from configs, for tests and benchmarks (nothing is downloaded).
 
 `build_components` makes a UNet, VAE, text encoder(s) and tokenizer(s) of the SD1.5 or SDXL layout at any
-width; `save_single_file` writes them in the LDM single-file layout ComfyUI users have
-(`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*` or
-`conditioner.embedders.{0,1}.*`), using its own diffusers→LDM key mapping, independent of the loader's
-LDM→diffusers conversion (diffusers' helpers); `save_diffusers_folder` writes a diffusers folder.
+width, the UNet's block structure taken from psa_core.families (testkit.layouts); `save_single_file` writes
+them in the LDM single-file layout ComfyUI users have (`model.diffusion_model.*`, `first_stage_model.*`,
+`cond_stage_model.transformer.*` or `conditioner.embedders.{0,1}.*`), using its own diffusers→LDM key
+mapping, independent of the loader's LDM→diffusers conversion (diffusers' helpers, trainer.models), so that a
+round trip through the loader tests that conversion; `save_diffusers_folder` writes a diffusers folder.
 The tokenizer is a byte-level CLIP BPE vocabulary with no merges (every byte a token), written as
 vocab.json + merges.txt, the same files as a real CLIP tokenizer folder.
 """
@@ -28,8 +29,7 @@ from transformers import (
 from psa_core.atomic import atomic_write
 from psa_core.training.augment import to_tensor
 from psa_core.training.noise import DDPMSchedule
-
-from .single_file import (
+from trainer.single_file import (
     SD15_TEXT_PREFIX,
     SDXL_TEXT1_PREFIX,
     SDXL_TEXT2_PREFIX,
@@ -41,10 +41,8 @@ from .single_file import (
     diffusers_unet_config,
 )
 
-LAYOUTS = {  # channel_mult, transformer depth per level, middle depth, linear projection
-    "sd15": ((1, 2, 4, 4), (1, 1, 1, 0), 1, False),
-    "sdxl": ((1, 2, 4), (0, 2, 10), 10, True),
-}
+from .layouts import UNetLayout, unet_layout
+
 SIZE_EMBED = 256  # SDXL addition_time_embed_dim at real size
 
 
@@ -75,10 +73,20 @@ class ModelSpec:
     def context_dim(self) -> int:
         return sum(self.text_hidden)
 
-    def unet_config(self) -> dict:
-        mult, depth, middle, linear = LAYOUTS[self.family]
+    @property
+    def vae_layers_per_block(self) -> int:
+        return 1 if self.vae_channels[0] < 128 else 2
+
+    def unet_layout(self) -> UNetLayout:
+        """The family's UNet at these widths (SDXL: label_emb takes the pooled text and 6 size embeddings)."""
         adm = self.pooled_dim + 6 * self.size_embed if self.family == "sdxl" else None
-        shape = UNetShape(4, 4, self.model_channels, mult, depth, middle, self.context_dim, linear, adm)
+        return unet_layout(self.family, self.model_channels, self.context_dim, adm_in_channels=adm)
+
+    def unet_config(self) -> dict:
+        layout = self.unet_layout()
+        shape = UNetShape(layout.in_channels, layout.in_channels, layout.model_channels, layout.channel_mult,
+                          layout.transformer_depth, layout.middle_depth, layout.context_dim,
+                          layout.linear_projection, layout.adm_in_channels)
         return diffusers_unet_config(self.family, shape, self.pooled_dim if self.family == "sdxl" else None)
 
 
@@ -111,6 +119,7 @@ def write_tokenizer(folder: str | Path) -> Path:
 
 
 def tokenizer_vocab_size() -> int:
+    """Tokens of write_tokenizer's vocabulary: 256 bytes, the same as word ends, start and end of text."""
     return 2 * 256 + 2
 
 
@@ -127,6 +136,7 @@ def _randomise(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
 
 
 def build_unet(spec: ModelSpec, seed: int = 0, randomise: bool = True) -> UNet2DConditionModel:
+    """The diffusers UNet of `spec`, its weights seeded N(0, 0.05²) unless `randomise` is off."""
     unet = UNet2DConditionModel(**spec.unet_config())
     if randomise:
         _randomise(unet, seed)
@@ -140,7 +150,7 @@ def build_vae(spec: ModelSpec, seed: int = 1, calibrate: bool = True) -> Autoenc
     torch.manual_seed(seed)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
                         up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=spec.vae_channels,
-                        layers_per_block=1 if spec.vae_channels[0] < 128 else 2, latent_channels=4,
+                        layers_per_block=spec.vae_layers_per_block, latent_channels=4,
                         norm_num_groups=32, scaling_factor=VAE_SCALING[spec.family])
     if calibrate:
         _calibrate_vae(vae, seed)
@@ -162,6 +172,7 @@ def _calibrate_vae(vae: AutoencoderKL, seed: int, resolution: int = 32) -> None:
 
 
 def text_config(spec: ModelSpec, index: int) -> CLIPTextConfig:
+    """The config of text encoder `index` (SDXL's second: OpenCLIP-style gelu with a projection)."""
     hidden = spec.text_hidden[index]
     vocab = spec.vocab_size or tokenizer_vocab_size()
     second = spec.family == "sdxl" and index == 1
@@ -173,6 +184,7 @@ def text_config(spec: ModelSpec, index: int) -> CLIPTextConfig:
 
 
 def build_text_encoders(spec: ModelSpec, seed: int = 2, randomise: bool = True) -> list[torch.nn.Module]:
+    """The text encoder(s) of `spec`, in eval mode (SDXL's second with its projection)."""
     encoders = []
     for index in range(len(spec.text_hidden)):
         cls = CLIPTextModelWithProjection if spec.family == "sdxl" and index == 1 else CLIPTextModel
@@ -227,11 +239,13 @@ def _rename(key: str, prefixes: dict[str, str], resnet_parts: dict[str, str]) ->
 
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """A diffusers UNet state dict under its LDM names (`model.diffusion_model.*`)."""
     prefixes = _unet_prefix_map(config)
     return {UNET_PREFIX + _rename(k, prefixes, _RESNET): v for k, v in state.items()}
 
 
 def vae_to_ldm(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
+    """A diffusers VAE state dict under its LDM names (`first_stage_model.*`; attention as 1x1 convolutions)."""
     prefixes = {"encoder.mid_block.resnets.0": "encoder.mid.block_1", "encoder.mid_block.resnets.1":
                 "encoder.mid.block_2", "decoder.mid_block.resnets.0": "decoder.mid.block_1",
                 "decoder.mid_block.resnets.1": "decoder.mid.block_2"}
@@ -258,6 +272,7 @@ def vae_to_ldm(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.T
 
 
 def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = SDXL_TEXT2_PREFIX) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder (Hugging Face names) in the OpenCLIP layout its checkpoints hold."""
     out: dict[str, torch.Tensor] = {}
     layer_parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
                    "self_attn.out_proj": "attn.out_proj"}
@@ -292,6 +307,8 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = SDXL_TEXT2_PR
 
 @dataclass
 class Components:
+    """The diffusers models of one ModelSpec."""
+
     spec: ModelSpec
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -299,10 +316,12 @@ class Components:
 
 
 def build_components(spec: ModelSpec, seed: int = 0) -> Components:
+    """UNet (seed), VAE (seed + 1) and text encoders (seed + 2, + 3) of `spec`."""
     return Components(spec, build_unet(spec, seed), build_vae(spec, seed + 1), build_text_encoders(spec, seed + 2))
 
 
 def ldm_state_dict(components: Components) -> dict[str, torch.Tensor]:
+    """Every tensor of the components under its single-file (LDM) name."""
     spec = components.spec
     state = unet_to_ldm(components.unet.state_dict(), dict(components.unet.config))
     state.update(vae_to_ldm(components.vae.state_dict(), len(spec.vae_channels)))
@@ -318,6 +337,7 @@ def ldm_state_dict(components: Components) -> dict[str, torch.Tensor]:
 
 
 def save_single_file(components: Components, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the components as one single-file .safetensors checkpoint (floating tensors in `dtype`)."""
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ldm_state_dict(components).items()}
     return atomic_write(path, lambda temporary: save_file(state, str(temporary)))
 
