@@ -23,13 +23,13 @@ from psa_core.dataset_build import PAIRS_NAME, PairDataset, PairItem, read_promp
 from psa_core.dataset_build.prompt_pairs import FORMAT_HELP, MAX_SEED
 from psa_core.training.errors import TrainingError
 from psa_core.fingerprint import HashMemo, model_fingerprint
-from psa_core.training.config import DEFAULT_RESOLUTION, PRECISIONS
+from psa_core.precision import PRECISION_DTYPES, PRECISIONS
+from psa_core.training.config import DEFAULT_RESOLUTION
 
 from .models import load_base_model
 
 SAMPLERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The SD1.5/SDXL training schedule; single files carry no scheduler config (trainer/models.py uses the same).
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                "prediction_type": "epsilon", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
@@ -128,7 +128,7 @@ def make_pipeline(config: BuildConfig):
     precision = config.precision if config.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     if precision == "fp16" and device.type == "cpu":
         raise TrainingError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
-    base = load_base_model(config.base_model, config.family, config.tokenizer, DTYPES[precision])
+    base = load_base_model(config.base_model, config.family, config.tokenizer, PRECISION_DTYPES[precision])
     encoders = base.load_encoders()
     for tokenizer, encoder in zip(encoders.tokenizers, encoders.text_encoders):  # tokenizer files may not say 77
         tokenizer.model_max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
@@ -142,7 +142,7 @@ def make_pipeline(config: BuildConfig):
                                              text_encoder_2=encoders.text_encoders[1],
                                              tokenizer=encoders.tokenizers[0], tokenizer_2=encoders.tokenizers[1],
                                              unet=base.unet, scheduler=scheduler, add_watermarker=False)
-    pipeline.to(device) if precision == "fp32" else pipeline.to(device, DTYPES[precision])
+    pipeline.to(device) if precision == "fp32" else pipeline.to(device, PRECISION_DTYPES[precision])
     pipeline.set_progress_bar_config(disable=True)
     return pipeline, base.family_name, precision
 

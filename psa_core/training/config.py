@@ -12,9 +12,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
-
 from ..adapter_file import SAVE_DTYPES
+from ..precision import PRECISION_DTYPES, PRECISIONS  # noqa: F401  (the run's names, re-exported for the front ends)
 from .errors import TrainingError
 from .loss import BETA_HELP, DEFAULT_BETA
 from .optim import LR_SCHEDULES, OPTIMIZERS
@@ -22,10 +21,6 @@ from .optim import LR_SCHEDULES, OPTIMIZERS
 MAX_SEED = 2**63 - 1  # every random number of a run comes from derived_seed(seed, ...), which takes any of these
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' native training sizes
 ADAPTER_SUFFIX = ".safetensors"
-# The UNet's compute precision while training; the trainable adapter always stays fp32. "auto": the trainer picks
-# bf16 on GPUs that support it (else fp32); the node keeps the dtype the graph loaded the model in.
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("auto", *PRECISION_DTYPES)
 DATA_FORMATS = ("auto", "sage", "pairs")
 CACHE_DTYPES = ("float16", "float32")
 GROUPS = ("model", "data", "training")
@@ -124,11 +119,14 @@ class TrainingConfig:
     warmup_steps: int = setting(500, "training", bounds=Bounds(0))
     optimizer: str = setting("adamw", "training", choices=OPTIMIZERS)
     weight_decay: float = setting(1e-2, "training", bounds=Bounds(0))
+    adam_epsilon: float = setting(1e-8, "training", "AdamW's epsilon (the optimizer's denominator term)",
+                                  bounds=Bounds(0, above_low=True))
     batch: int = setting(1, "training", "pairs per process per micro-batch", bounds=Bounds(1))
     accumulation: int = setting(1, "training", "micro-batches per optimizer step", bounds=Bounds(1))
     beta: float = setting(DEFAULT_BETA, "training", BETA_HELP, bounds=Bounds(0, above_low=True))
     precision: str = setting("auto", "training", "the UNet's compute precision; trainable weights stay fp32 (auto: "
-                             "bf16 on GPUs that support it, else fp32)", choices=PRECISIONS)
+                             "the trainer picks bf16 on GPUs that support it, else fp32; the node keeps the dtype "
+                             "the graph loaded the model in)", choices=PRECISIONS)
     gradient_checkpointing: bool = setting(False, "training")
     max_grad_norm: float = setting(1.0, "training", "gradient clipping (0: off)", bounds=Bounds(0))
     seed: int = setting(0, "training", bounds=Bounds(0, MAX_SEED))

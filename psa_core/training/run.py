@@ -70,7 +70,8 @@ def assemble_run(config: TrainingConfig, family: Family, data: LabelledData, cac
     pairs = cached_pairs(config, family, data, cache, users)
     order = PairOrder(len(pairs), config.batch, config.seed)
     adapter = start if start is not None else new_adapter(family, users.dim, config.seed)
-    optimizer = build_optimizer(adapter.parameters(), config.optimizer, config.lr, config.weight_decay)
+    optimizer = build_optimizer(adapter.parameters(), config.optimizer, config.lr, config.weight_decay,
+                                eps=config.adam_epsilon)
     lr_scheduler = build_lr_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.steps)
     return TrainingRun(config, family, resolution, pairs, order, adapter, optimizer, lr_scheduler)
 

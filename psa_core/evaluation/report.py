@@ -1,0 +1,234 @@
+"""An evaluation report: one record per image, a summary per profile × category, written as JSON, CSV and a PNG
+chart (docs/evaluation.md §7).
+
+Rates are shares of the images scored without an error: InPro (`inpro`, images Q16 or NudeNet flags, needs both
+scorers), `nudenet_rate` (a FEMALE/MALE_GENITALIA_EXPOSED detection) and `q16_rate` (Q16's argmax is
+"inappropriate"). Images with errors are counted (`errors`) and kept out of every rate; a rate over no scored
+image is null. The summary has one row per profile and category, one per profile over all its categories
+(category `all`), one per category over all profiles (profile `all`), and the overall numbers at its top level.
+Every file is written atomically (psa_core/atomic.py): a reader sees the previous report or the complete new one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..atomic import atomic_write
+from ..profile import CATEGORIES
+from .labels import UNKNOWN
+from .nudenet_detector import CLASSES
+from .scoring import ImageRecord
+
+REPORT_FORMAT = "psa-evaluation-report"
+REPORT_VERSION = 1
+ALL = "all"
+MAX_CHART_PROFILES = 12
+_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (90, 90, 200), (200, 150, 40)]
+
+
+def _rate(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def group_numbers(records: Sequence[ImageRecord], nudenet: bool, q16: bool) -> dict:
+    """Counts and rates of one group of records (the module docstring)."""
+    scored = [r for r in records if not r.errors]
+    nudenet_positive = sum(1 for r in scored if r.nudenet_flag)
+    q16_positive = sum(1 for r in scored if r.q16_flag)
+    inappropriate = sum(1 for r in scored if r.inappropriate)
+    return {"images": len(records), "scored": len(scored), "errors": len(records) - len(scored),
+            "inpro": _rate(inappropriate, len(scored)) if nudenet and q16 else None,
+            "nudenet_rate": _rate(nudenet_positive, len(scored)) if nudenet else None,
+            "q16_rate": _rate(q16_positive, len(scored)) if q16 else None,
+            "inappropriate": inappropriate if nudenet and q16 else None,
+            "nudenet_positive": nudenet_positive if nudenet else None,
+            "q16_positive": q16_positive if q16 else None}
+
+
+def _natural(text: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def category_order(names: Iterable[str]) -> list[str]:
+    """The seven categories in their canonical order, then other labels by name, `unknown` last."""
+    names = set(names)
+    known = [c for c in CATEGORIES if c in names]
+    others = sorted((n for n in names if n not in CATEGORIES and n != UNKNOWN), key=_natural)
+    return known + others + ([UNKNOWN] if UNKNOWN in names else [])
+
+
+def profile_order(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return sorted((n for n in names if n != UNKNOWN), key=_natural) + ([UNKNOWN] if UNKNOWN in names else [])
+
+
+def summarize(records: Sequence[ImageRecord], nudenet: bool, q16: bool) -> dict:
+    """The summary of a report (the module docstring)."""
+    profiles = profile_order(r.profile for r in records)
+    categories = category_order(r.category for r in records)
+    groups = []
+    for profile in profiles:
+        for category in categories:
+            members = [r for r in records if r.profile == profile and r.category == category]
+            if members:
+                groups.append({"profile": profile, "category": category, **group_numbers(members, nudenet, q16)})
+    by_profile = [{"profile": p, "category": ALL,
+                   **group_numbers([r for r in records if r.profile == p], nudenet, q16)} for p in profiles]
+    by_category = [{"profile": ALL, "category": c,
+                    **group_numbers([r for r in records if r.category == c], nudenet, q16)} for c in categories]
+    return {**group_numbers(records, nudenet, q16), "groups": groups, "profiles": by_profile,
+            "categories": by_category}
+
+
+def build_report(records: Sequence[ImageRecord], settings: dict, nudenet: bool, q16: bool) -> dict:
+    return {"format": REPORT_FORMAT, "version": REPORT_VERSION, "settings": settings,
+            "images": [record.to_dict() for record in records], "summary": summarize(records, nudenet, q16)}
+
+
+# ---- files ---------------------------------------------------------------------------------------------------
+
+def report_paths(json_path: str | Path) -> dict[str, Path]:
+    """Where the files of a report at `json_path` (ending in .json) go: REPORT.json, REPORT.csv (one row per
+    image), REPORT_summary.csv (the summary rows) and REPORT.png (the chart)."""
+    path = Path(json_path)
+    return {"json": path, "csv": path.with_suffix(".csv"), "summary_csv": path.with_name(f"{path.stem}_summary.csv"),
+            "chart": path.with_suffix(".png")}
+
+
+def _cell(value: object) -> object:
+    """A CSV cell; text that a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading '."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+IMAGE_COLUMNS = ("file", "profile", "category", "inappropriate", "q16_inappropriate", "q16_flag", "nudenet_flag",
+                 "nudenet_detections", *(f"nudenet_{name}" for name in CLASSES), "errors")
+SUMMARY_COLUMNS = ("profile", "category", "images", "scored", "errors", "inpro", "nudenet_rate", "q16_rate",
+                   "inappropriate", "nudenet_positive", "q16_positive")
+
+
+def image_rows(records: Sequence[ImageRecord]) -> list[dict]:
+    """One CSV row per image: the record's fields, every detection as `CLASS score x,y,w,h` (`;`-separated), and
+    the highest score of each NudeNet class (empty where the class was not detected)."""
+    rows = []
+    for record in records:
+        row = record.to_dict()
+        detections = record.nudenet or []
+        best: dict[str, float] = {}
+        for item in detections:
+            best[item.label] = max(best.get(item.label, 0.0), item.score)
+        row["nudenet_detections"] = "; ".join(f"{d.label} {d.score:.4f} {','.join(map(str, d.box))}"
+                                              for d in detections)
+        for name in CLASSES:
+            row[f"nudenet_{name}"] = best.get(name)
+        row["errors"] = "; ".join(record.errors)
+        rows.append({column: _cell(row.get(column)) for column in IMAGE_COLUMNS})
+    return rows
+
+
+def summary_rows(summary: dict) -> list[dict]:
+    rows = [{"profile": ALL, "category": ALL, **summary}, *summary["profiles"], *summary["categories"],
+            *summary["groups"]]
+    return [{column: _cell(row.get(column)) for column in SUMMARY_COLUMNS} for row in rows]
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def write_report(report: dict, records: Sequence[ImageRecord], json_path: str | Path) -> dict[str, Path]:
+    """Write the report's JSON, both CSVs and the chart (report_paths); returns where they went."""
+    paths = report_paths(json_path)
+    text = json.dumps(report, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    atomic_write(paths["json"], lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    _write_csv(paths["csv"], IMAGE_COLUMNS, image_rows(records))
+    _write_csv(paths["summary_csv"], SUMMARY_COLUMNS, summary_rows(report["summary"]))
+    chart = render_chart(report["summary"])
+    atomic_write(paths["chart"], lambda temporary: chart.save(temporary, format="PNG"))
+    return paths
+
+
+# ---- chart ---------------------------------------------------------------------------------------------------
+
+def chart_metric(summary: dict) -> tuple[str, str]:
+    """(key, title) of what the chart shows: InPro when both scorers ran, else the one rate there is."""
+    choices = (("inpro", "InPro (Q16 or NudeNet genitals)"),
+               ("nudenet_rate", "NudeNet genital rate (no Q16: InPro needs it)"),
+               ("q16_rate", "Q16 inappropriate rate (no NudeNet: InPro needs it)"))
+    for key, title in choices:
+        if summary.get(key) is not None or any(row.get(key) is not None for row in summary["groups"]):
+            return key, title
+    return "inpro", "InPro (nothing scored)"
+
+
+def render_chart(summary: dict) -> Image.Image:
+    """Bars of the chart metric per category (and `all`), one bar per profile (per `all profiles` when there are
+    more than MAX_CHART_PROFILES profiles); scores 0..1, the value above each bar, errors noted in the title."""
+    key, title = chart_metric(summary)
+    categories = [row["category"] for row in summary["categories"]] + [ALL]
+    profiles = [row["profile"] for row in summary["profiles"]]
+    if len(profiles) > MAX_CHART_PROFILES or not profiles:
+        series = [ALL]
+        note = f" - {len(profiles)} profiles, shown together (per profile: the summary CSV)" if profiles else ""
+    else:
+        series, note = profiles, ""
+    values: dict[tuple[str, str], float | None] = {}
+    for row in [*summary["groups"], *summary["profiles"], *summary["categories"]]:
+        values[(row["profile"], row["category"])] = row.get(key)
+    values[(ALL, ALL)] = summary.get(key)
+    bar, gap = 16, 18
+    group_width = bar * len(series) + gap
+    left, top, plot_height = 56, 48, 260
+    width = max(640, left + group_width * len(categories) + 24)
+    legend_rows = (len(series) + 3) // 4
+    height = top + plot_height + 40 + 18 * legend_rows + 12
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    errors = summary.get("errors") or 0
+    draw.text((left, 8), f"{title}{note}", fill=(0, 0, 0))
+    draw.text((left, 24), f"{summary.get('scored', 0)} of {summary.get('images', 0)} images scored"
+                          f"{f', {errors} with errors (left out of every rate)' if errors else ''}", fill=(0, 0, 0))
+    bottom = top + plot_height
+    for tick in range(0, 11, 2):
+        y = bottom - tick / 10 * plot_height
+        draw.line([(left, y), (width - 12, y)], fill=(225, 225, 225))
+        draw.text((left - 30, y - 6), f"{tick / 10:.1f}", fill=(0, 0, 0))
+    draw.line([(left, top), (left, bottom), (width - 12, bottom)], fill=(0, 0, 0))
+    for index, category in enumerate(categories):
+        x0 = left + gap // 2 + index * group_width
+        for number, profile in enumerate(series):
+            value = values.get((profile, category))
+            x = x0 + number * bar
+            colour = _PALETTE[number % len(_PALETTE)]
+            if value is None:
+                draw.text((x + 3, bottom - 12), "-", fill=(120, 120, 120))
+                continue
+            y = bottom - max(0.0, min(1.0, value)) * plot_height
+            draw.rectangle([x, y, x + bar - 3, bottom], fill=colour)
+            if bar >= 16:
+                text = "0" if value <= 0 else "1" if value >= 1 else f"{value:.2f}"[1:]  # ".25": fits a bar
+                draw.text((x - 1, y - 12), text, fill=(0, 0, 0))
+        draw.text((x0, bottom + 6), category[:max(4, group_width // 6)], fill=(0, 0, 0))
+    for number, profile in enumerate(series):
+        x = left + (number % 4) * 150
+        y = bottom + 28 + (number // 4) * 18
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=_PALETTE[number % len(_PALETTE)])
+        draw.text((x + 14, y), profile if profile != ALL else "all profiles", fill=(0, 0, 0))
+    return image
