@@ -15,7 +15,6 @@ unlike `cv2.imread`, which returns None and makes the reference count the image 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fingerprint import file_sha256
 from .errors import EvaluationError, ImageReadError, MissingDependencyError
 from .images import load_image, rgb_array
 
@@ -89,14 +89,6 @@ def _import_nudenet():
                                      f"(import failed: {error}); {INSTALL_HINT}.{note}") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class NudeNetDetector:
     """NudeNet's `NudeDetector` on `model_path` (default: the 320n model inside the installed wheel).
     `threads` sets onnxruntime's intra-op threads (default: onnxruntime's own choice)."""
@@ -127,7 +119,7 @@ class NudeNetDetector:
     @property
     def model_sha256(self) -> str:
         if self._sha256 is None:
-            self._sha256 = _sha256(self.model_path)
+            self._sha256 = file_sha256(self.model_path)
         return self._sha256
 
     def settings(self) -> dict:
