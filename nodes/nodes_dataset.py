@@ -24,7 +24,7 @@ from ..psa_core.fingerprint import file_fingerprint
 from ..psa_core.training.errors import DatasetError
 from .checked_node import CheckedNode, about
 from .comfy_paths import DATASET_FOLDER, LLM_FOLDER, OUTSIDE_RULE, PROMPT_PAIR_FILE
-from .model_memory import DEVICES, after_release, before_load, llm_device
+from .model_memory import DEVICE_TOOLTIP, DEVICES, ComfyPlacement, NodeProgress
 
 CATEGORY = "PSA/dataset"
 DEFAULT_DATASET = "psa_dataset"
@@ -185,7 +185,8 @@ class PSARewritePrompt(CheckedNode):
             category=CATEGORY,
             description="Turn an unsafe prompt into a safe rewrite with a local LLM (a Hugging Face causal-LM "
                         "folder under models/LLM/, local files only), by greedy decoding: the same input always "
-                        "gives the same rewrite. The model is loaded for the call and released afterwards.",
+                        "gives the same rewrite. The model runs under ComfyUI's memory manager and stays loaded for "
+                        "the next rewrite until ComfyUI needs the memory.",
             inputs=[
                 io.String.Input("prompt", multiline=True, default="", tooltip="The unsafe prompt to rewrite."),
                 io.String.Input("llm", default="Qwen2.5-7B-Instruct",
@@ -197,9 +198,7 @@ class PSARewritePrompt(CheckedNode):
                              tooltip="The longest reply, in tokens; the first line of the reply is the rewrite."),
                 io.Combo.Input("precision", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="LLM precision; 'auto' uses the checkpoint's dtype."),
-                io.Combo.Input("device", options=list(DEVICES), default="auto",
-                               tooltip="Where the LLM runs: ComfyUI's device (models are moved out first and the "
-                                       "memory is given back afterwards) or the CPU."),
+                io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
                 io.String.Input("category", default="", optional=True, force_input=True,
                                 tooltip="The unsafe prompt's category, for <<CATEGORY>>."),
                 io.String.Input("concept", default="", optional=True, force_input=True,
@@ -221,9 +220,12 @@ class PSARewritePrompt(CheckedNode):
                 category: str = "", concept: str = "") -> io.NodeOutput:
         from ..psa_core.dataset_build.rewrite import PromptRewriter
 
+        progress = NodeProgress()
         rewriter = PromptRewriter(LLM_FOLDER.find(llm, "llm"), instruction, dtype=precision,
-                                  max_new_tokens=max_new_tokens, device=llm_device(device),
-                                  before_load=before_load, after_release=after_release)
-        return io.NodeOutput(rewriter.rewrite([prompt], [category], [concept])[0])
+                                  max_new_tokens=max_new_tokens, placement=ComfyPlacement(device, "PSA Rewrite Prompt"),
+                                  progress=progress)
+        rewrite = rewriter.rewrite([prompt], [category], [concept])[0]
+        progress.finish()
+        return io.NodeOutput(rewrite)
 
 NODES = [PSALoadPromptPairs, PSASavePreferencePair, PSARewritePrompt]

@@ -1,12 +1,13 @@
 """Profile nodes: build a safety profile, encode it into a PSA embedding, save it, batch several.
 
 The heavy lifting lives in psa_core (profile model, encoders, cache); these nodes only resolve ComfyUI
-folders (comfy_paths) and hand the LLM's memory back to ComfyUI's model management around an encode
-(model_memory).
+folders (comfy_paths) and run the LLM under ComfyUI's memory manager (model_memory: full, partial or CPU load, kept
+for the next encode node).
 """
 from __future__ import annotations
 
 import json as _json
+import logging
 
 from comfy_api.latest import io, ui
 
@@ -38,9 +39,10 @@ from ..psa_core.profile import (
 )
 from .checked_node import CheckedNode, about
 from .comfy_paths import EMBEDDING_NAME, LLM_FOLDER, OUTSIDE_RULE, TEMPLATE_FILE, embedding_cache_folder
-from .model_memory import DEVICES, after_release, before_load, llm_device
+from .model_memory import DEVICE_TOOLTIP, DEVICES, LOG_PREFIX, ComfyPlacement, NodeProgress, node_label
 from .psa_types import PSAEmbeddingType
 
+log = logging.getLogger(__name__)
 CATEGORY = "PSA/profile"
 # A psa_core.profile.UserProfile (immutable, validated).
 PSAProfileType = io.Custom("PSA_PROFILE")
@@ -198,8 +200,7 @@ class PSAEncodeProfile(CheckedNode):
                                tooltip="LLM precision. 'auto' uses the checkpoint's dtype (bf16 for Qwen2.5, as "
                                        "the reference did); other precisions give slightly different embeddings."),
                 io.Combo.Input("device", options=list(DEVICES), default="auto",
-                               tooltip="Where the LLM runs: 'auto' is ComfyUI's device (models are moved out "
-                                       "first and the memory is given back afterwards), or the CPU."),
+                               tooltip="llm only. " + DEVICE_TOOLTIP),
                 io.Boolean.Input("use_cache", default=True,
                                  tooltip="llm: reuse embeddings cached on disk (models/psa_cache/, or the folder in "
                                          "PSA_EMBEDDING_CACHE) for the same model, template, precision and profile; "
@@ -211,15 +212,23 @@ class PSAEncodeProfile(CheckedNode):
     @classmethod
     def execute(cls, profile: UserProfile, encoder: str, llm: str, template: str, precision: str, device: str,
                 use_cache: bool) -> io.NodeOutput:
-        options = {}
+        options, progress = {}, None
         if encoder == LLM:
+            progress = NodeProgress()
             options = {"model_dir": LLM_FOLDER.find(llm, "llm"),
                        "template_path": TEMPLATE_FILE.find(template, "template"), "dtype": precision,
-                       "device": llm_device(device), "before_load": before_load, "after_release": after_release}
+                       "placement": ComfyPlacement(device, node="PSA Encode Profile"),
+                       "progress": progress}
         profile_encoder = make_encoder(encoder, **options)
         # the structured encoder is cheaper to run than a cache read
         cache = EmbeddingCache(embedding_cache_folder()) if use_cache and encoder == LLM else None
-        return io.NodeOutput(encode_profiles(profile_encoder, [profile], cache))
+        embedding = encode_profiles(profile_encoder, [profile], cache)
+        if progress is not None:
+            if getattr(profile_encoder, "last_placed", None) is None:
+                log.info("%s not needed: PSA Encode Profile%s served profile %s from the embedding cache, no model "
+                         "loaded", LOG_PREFIX, node_label(), profile.label)
+            progress.finish()
+        return io.NodeOutput(embedding)
 
 
 class PSASaveEmbedding(CheckedNode):

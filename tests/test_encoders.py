@@ -259,9 +259,44 @@ def test_memory_hooks_bracket_the_model(tiny_llm, template, users):
                          after_release=lambda: events.append(("release",)))
     encoder.encode_uncached([users["0000001"]])
     config = transformers.AutoConfig.from_pretrained(str(tiny_llm), local_files_only=True)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    parameters = sum(p.numel() for p in model.parameters())  # incl. lm_head, which is in the file
+    model = transformers.AutoModel.from_config(config)
+    parameters = sum(p.numel() for p in model.parameters())  # without lm_head: in the file, but not loaded
     assert events == [("load", parameters * 4, "cpu"), ("release",)]
+
+
+def test_placements_outside_comfyui_give_the_same_embedding(tiny_llm, template, users, tmp_path):
+    """SingleDevice and Accelerate's device map on this CPU, whole and with a RAM budget below the weights (the layers
+    beyond it offloaded to disk and read back for each forward): the same module code on the same weights, so the
+    same bits on one device (tests/test_llm_memory.py states the bound across devices)."""
+    from psa_core.encoders.placement import (
+        CPU,
+        LOAD,
+        PARTIAL,
+        RUN,
+        AccelerateOffload,
+        SingleDevice,
+    )
+
+    profiles = [users[i] for i in PROFILE_IDS]
+    events = []
+    plain = LLMEncoder(tiny_llm, template, dtype="float32", batch_size=2, placement=SingleDevice("cpu"),
+                       progress=lambda *e: events.append(e))
+    expected = plain.encode_uncached(profiles)
+    assert plain.last_placed.mode == CPU and plain.last_placed.model is None  # let go after use
+    assert events[-1] == (RUN, 5, 5) and (LOAD, 1, 1) in events and events.index((LOAD, 1, 1)) < events.index(
+        (RUN, 2, 5))
+    whole = LLMEncoder(tiny_llm, template, dtype="float32", batch_size=2, placement=AccelerateOffload("cpu"))
+    assert torch.equal(whole.encode_uncached(profiles), expected) and whole.last_placed.mode == CPU
+    weights = whole.model_request().weight_bytes
+    budget = int(weights * 0.75)  # room for the embedding table, not for the layers
+    offload = AccelerateOffload("cpu", budget_bytes=budget, offload_folder=tmp_path / "offload")
+    split = LLMEncoder(tiny_llm, template, dtype="float32", batch_size=2, placement=offload)
+    assert torch.equal(split.encode_uncached(profiles), expected)
+    placed = split.last_placed
+    assert placed.mode == PARTIAL and "offloaded to disk" in placed.reason, placed.describe()
+    on_cpu, groups = (int(n) for n in placed.reason.rsplit("(", 1)[1].split(" module")[0].split(" of "))
+    assert 0 < on_cpu < groups  # some layers in RAM, the others on disk
+    assert len({e.identity for e in (plain, whole, split)}) == 1  # the cache key does not depend on the placement
 
 
 def test_llm_bad_inputs_name_the_problem(tmp_path, template, tiny_llm):

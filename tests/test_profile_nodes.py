@@ -2,6 +2,7 @@
 ComfyUI's memory management, saving, per-image batches through PSAApply, and the comparison workflow."""
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import weakref
@@ -119,11 +120,11 @@ class Spy:
     """Records calls to a real function and still calls it."""
 
     def __init__(self, monkeypatch, module, name):
-        self.calls = []
+        self.calls = []  # (args, kwargs)
         original = getattr(module, name)
 
         def spy(*args, **kwargs):
-            self.calls.append(args)
+            self.calls.append((args, kwargs))
             return original(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
@@ -131,8 +132,13 @@ class Spy:
 
 def test_encode_llm_through_comfyui_folders_cache_and_memory(pack, register_folders, model_folders, tiny_llm_root, reference,
                                                              tmp_path, monkeypatch):
+    """The LLM is loaded through ComfyUI's manager (load_models_gpu with the forward's working memory), kept for the
+    next encode node, skipped for cached profiles, and let go once released (tests/test_llm_memory.py covers the
+    placements and the manager's unloading)."""
     import comfy.model_management as mm
 
+    memory = pack.nodes.model_memory
+    memory.release_kept()
     register_folders({"LLM": tiny_llm_root})
     shutil.copy(reference / "get_embeds.txt", model_folders["psa"] / "get_embeds.txt")
     monkeypatch.setenv("PSA_EMBEDDING_CACHE", str(tmp_path / "cache"))
@@ -144,20 +150,27 @@ def test_encode_llm_through_comfyui_folders_cache_and_memory(pack, register_fold
         built.append(weakref.ref(model))
 
     monkeypatch.setattr(modeling_qwen2.Qwen2Model, "__init__", counting_init)
-    freed, emptied = Spy(monkeypatch, mm, "free_memory"), Spy(monkeypatch, mm, "soft_empty_cache")
+    requests = Spy(monkeypatch, mm, "load_models_gpu").calls
 
     profile = psa_core.profile.EVALUATION_USERS["level_3"]
     first = encode(pack, profile, encoder="llm")
-    assert len(built) == 1 and built[0]() is None  # built once, and released after encoding
-    assert len(freed.calls) == 1 and freed.calls[0][1] == mm.get_torch_device() and len(emptied.calls) >= 1
+    assert len(built) == 1 and built[0]() is not None  # built once, and kept for the next encode node
+    (kept,) = memory.kept_models()
+    assert len(requests) == 1 and requests[0][0][0] == [kept.patcher] and requests[0][1]["memory_required"] > 0
+    assert kept.patcher in mm.loaded_models()
     second = encode(pack, profile, encoder="llm")
-    assert len(built) == 1 and len(freed.calls) == 1  # served from the cache: no model, no memory juggling
+    assert len(built) == 1 and len(requests) == 1  # served from the cache: no model, no memory juggling
     assert torch.equal(second.vectors, first.vectors)
     uncached = encode(pack, profile, encoder="llm", use_cache=False)
-    assert len(built) == 2 and torch.equal(uncached.vectors, first.vectors)
+    assert len(built) == 1 and len(requests) == 2 and torch.equal(uncached.vectors, first.vectors)  # reused
     direct = psa_core.encoders.LLMEncoder(tiny_llm_root / "tiny-qwen2", psa_core.encoders.load_template(
         reference / "get_embeds.txt"), dtype="float32").encode_uncached([profile])
     assert torch.equal(first.vectors, direct) and first.encoder == "hf-qwen2-32x2" and first.labels == ("0000002",)
+    memory.release_kept()
+    del kept
+    requests.clear()  # (the spy holds the patcher it was given)
+    gc.collect()
+    assert memory.kept_models() == [] and built[0]() is None  # let go once released
 
 
 def test_encode_errors_name_what_was_wrong(pack, register_folders, model_folders, tiny_llm_root, monkeypatch):

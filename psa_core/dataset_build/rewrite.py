@@ -1,10 +1,11 @@
 """Safe rewrites of unsafe prompts with a local causal LM (greedy decoding: the same input gives the same text).
 
 The model folder is loaded the way the profile encoders load theirs (psa_core.encoders.llm: local files only,
-the same precision choices and memory hooks), but with its language-model head, to generate. The instruction
-is a template with `<<PROMPT>>` (required), `<<CATEGORY>>` and `<<CONCEPT>>`; with a chat template it goes in
-as one user message (`add_generation_prompt=True`), otherwise as plain text. The reply's first non-empty line,
-without surrounding quotes, is the rewrite. The model exists only while rewriting.
+the same precision choices, the same placements: psa_core.encoders.placement), but with its language-model head,
+to generate. The instruction is a template with `<<PROMPT>>` (required), `<<CATEGORY>>` and `<<CONCEPT>>`; with a
+chat template it goes in as one user message (`add_generation_prompt=True`), otherwise as plain text. The reply's first non-empty line,
+without surrounding quotes, is the rewrite. By default the model exists only while rewriting; a placement may keep
+it (inside ComfyUI, nodes/model_memory.py does).
 """
 from __future__ import annotations
 
@@ -15,8 +16,25 @@ from pathlib import Path
 
 import torch
 
-from ..encoders.llm import (DTYPES, AfterRelease, BeforeLoad, estimate_weight_bytes, from_pretrained_kwargs,
-                            model_fingerprint, read_model_config, release_model_memory, resolve_dtype)
+from ..encoders.llm import (
+    DTYPES,
+    estimate_weight_bytes,
+    from_pretrained_kwargs,
+    model_fingerprint,
+    read_model_config,
+    resolve_dtype,
+)
+from ..encoders.placement import (
+    RUN,
+    AfterRelease,
+    BeforeLoad,
+    ModelRequest,
+    Placed,
+    Placement,
+    Progress,
+    SingleDevice,
+    forward_working_bytes,
+)
 from ..errors import PSAError
 
 PLACEHOLDERS = ("<<PROMPT>>", "<<CATEGORY>>", "<<CONCEPT>>")
@@ -52,9 +70,13 @@ def first_line(reply: str) -> str:
 
 
 class PromptRewriter:
+    """`placement` (default `SingleDevice(device, before_load, after_release)`) and `progress` as for
+    psa_core.encoders.LLMEncoder; `last_placed` says how the model was placed for the last rewrite."""
+
     def __init__(self, model_dir: str | Path, instruction: str = DEFAULT_INSTRUCTION, *, dtype: str = "auto",
                  device: str | torch.device = "cpu", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 before_load: BeforeLoad | None = None, after_release: AfterRelease | None = None):
+                 before_load: BeforeLoad | None = None, after_release: AfterRelease | None = None,
+                 placement: Placement | None = None, progress: Progress | None = None):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise RewriteError(f"LLM folder not found: {self.model_dir}; expected a local Hugging Face causal-LM "
@@ -66,7 +88,9 @@ class PromptRewriter:
         if max_new_tokens < 1:
             raise RewriteError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
-        self.before_load, self.after_release = before_load, after_release
+        self.placement = placement or SingleDevice(self.device, before_load, after_release)
+        self.progress = progress
+        self.last_placed: Placed | None = None
 
     @property
     def identity(self) -> str:
@@ -74,23 +98,29 @@ class PromptRewriter:
         return (f"rewrite|model={model_fingerprint(self.model_dir)}|instruction={instruction}|dtype={self.dtype_name}"
                 f"|max_new_tokens={self.max_new_tokens}|greedy")
 
-    def _load(self):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True, padding_side="left")
+            return AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True, padding_side="left")
         except (OSError, ValueError) as error:
             raise RewriteError(f"cannot load the tokenizer from {self.model_dir}: {error}") from None
-        if self.before_load is not None:
-            self.before_load(estimate_weight_bytes(self.model_dir, DTYPES[self.dtype_name]), self.device)
-        kwargs = from_pretrained_kwargs(DTYPES[self.dtype_name])
-        if self.device.type != "cpu":
-            kwargs["device_map"] = {"": self.device}
+
+    def _build(self, extra: dict):
+        from transformers import AutoModelForCausalLM
+
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), local_files_only=True, **kwargs)
+            return AutoModelForCausalLM.from_pretrained(str(self.model_dir), local_files_only=True,
+                                                        **from_pretrained_kwargs(DTYPES[self.dtype_name]), **extra)
         except (OSError, ValueError, KeyError) as error:
             raise RewriteError(f"cannot load a causal LM from {self.model_dir}: {error}") from None
-        return tokenizer, model.to(self.device).eval()
+
+    def model_request(self, working_bytes: int = 0) -> ModelRequest:
+        """What the placement is asked to place: the causal LM (with its head) in this rewriter's precision."""
+        dtype = DTYPES[self.dtype_name]
+        return ModelRequest(key=("AutoModelForCausalLM", model_fingerprint(self.model_dir), self.dtype_name),
+                            label=f"{self.model_dir.name} ({self.dtype_name})", build=self._build, dtype=dtype,
+                            weight_bytes=estimate_weight_bytes(self.model_dir, dtype), working_bytes=working_bytes)
 
     def model_input(self, tokenizer, prompt: str, category: str = "", concept: str = "") -> str:
         text = render_instruction(self.instruction, prompt, category, concept)
@@ -99,7 +129,7 @@ class PromptRewriter:
                                                  add_generation_prompt=True)
         return text
 
-    def _generate(self, tokenizer, model, text: str) -> str:
+    def _generate(self, tokenizer, model, device: torch.device, inputs) -> str:
         from transformers import GenerationConfig
 
         eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
@@ -107,10 +137,9 @@ class PromptRewriter:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
                                   eos_token_id=eos, pad_token_id=pad)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            output = model.generate(input_ids=inputs["input_ids"].to(self.device),
-                                    attention_mask=inputs["attention_mask"].to(self.device), generation_config=config)
+            output = model.generate(input_ids=inputs["input_ids"].to(device),
+                                    attention_mask=inputs["attention_mask"].to(device), generation_config=config)
         return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def rewrite(self, prompts: Sequence[str], categories: Sequence[str] = (), concepts: Sequence[str] = ()
@@ -121,17 +150,23 @@ class PromptRewriter:
             raise RewriteError("give at least one non-empty prompt to rewrite")
         categories = list(categories) or [""] * len(prompts)
         concepts = list(concepts) or [""] * len(prompts)
-        tokenizer, model = self._load()
-        try:
-            rewrites = []
-            for prompt, category, concept in zip(prompts, categories, concepts):
-                reply = self._generate(tokenizer, model, self.model_input(tokenizer, prompt, category, concept))
+        tokenizer = self.load_tokenizer()
+        inputs = [tokenizer(self.model_input(tokenizer, prompt, category, concept), return_tensors="pt",
+                            add_special_tokens=False) for prompt, category, concept in zip(prompts, categories, concepts)]
+        element = torch.empty((), dtype=DTYPES[self.dtype_name]).element_size()
+        longest = max(i["input_ids"].shape[1] for i in inputs) + self.max_new_tokens
+        working = forward_working_bytes(self.config, 1, longest, element,
+                                        vocab_logits=int(self.config.get("vocab_size") or 0), cached_tokens=longest)
+        rewrites = []
+        with self.placement.use(self.model_request(working), self.progress) as placed:
+            self.last_placed = placed
+            for done, (prompt, encoded) in enumerate(zip(prompts, inputs), start=1):
+                reply = self._generate(tokenizer, placed.model, placed.device, encoded)
                 rewrite = first_line(reply)
                 if not rewrite:
                     raise RewriteError(f"{self.model_dir.name} returned no text for {prompt!r} (reply {reply!r}); try "
                                        "another instruction or a larger max_new_tokens")
                 rewrites.append(rewrite)
-            return rewrites
-        finally:
-            del model
-            release_model_memory(self.device, self.after_release)
+                if self.progress is not None:
+                    self.progress(RUN, done, len(prompts))
+        return rewrites

@@ -8,6 +8,7 @@ from .llm import (
     masked_mean,
     model_fingerprint,
 )
+from .placement import AccelerateOffload, ModelRequest, Placed, Placement, SingleDevice
 from .registry import ENCODER_CHOICES, LLM, STRUCTURED, make_encoder
 from .structured import (
     STRUCTURED_DIM,
@@ -33,11 +34,16 @@ __all__ = [
     "STRUCTURED_DIM",
     "STRUCTURED_ENCODER",
     "STRUCTURED_FEATURES",
+    "AccelerateOffload",
     "EmbeddingCache",
     "EncoderError",
     "LLMEncoder",
+    "ModelRequest",
+    "Placed",
+    "Placement",
     "ProfileEncoder",
     "PromptTemplate",
+    "SingleDevice",
     "StructuredEncoder",
     "encode_profiles",
     "encoder_name_for",

@@ -2,17 +2,17 @@
 
 Any local Hugging Face causal-LM folder, loaded with transformers from local files only. Per profile: the
 template filled in the reference's way, the chat template with a single user message and
-`add_generation_prompt=True`, left-padded batches (32 by default) with `truncation=True`, one forward
-pass, the last hidden state (after the final norm), and a masked mean `sum / count` computed in the
-model's dtype (bf16 for Qwen2.5-7B-Instruct), then cast to fp32. The model exists only while encoding.
+`add_generation_prompt=True`, left-padded batches (32 by default) with `truncation=True`, one forward pass,
+the last hidden state (after the final norm), and a masked mean `sum / count` computed in the model's dtype
+(bf16 for Qwen2.5-7B-Instruct), then cast to fp32. Where the model runs and how long it stays loaded is the
+placement's business (psa_core.encoders.placement, docs/profiles.md §7): by default it exists only while encoding.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +23,17 @@ from ..fingerprint import file_version
 from ..json_text import JSONTextError, parse_json
 from ..profile import UserProfile
 from .base import EncoderError, ProfileEncoder
+from .placement import (
+    RUN,
+    AfterRelease,
+    BeforeLoad,
+    ModelRequest,
+    Placed,
+    Placement,
+    Progress,
+    SingleDevice,
+    forward_working_bytes,
+)
 from .template import PromptTemplate, render_prompt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,9 +49,6 @@ _SAMPLE = 1 << 20
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                       "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-BeforeLoad = Callable[[int, torch.device], None]
-AfterRelease = Callable[[], None]
 
 _fingerprints: dict[tuple, str] = {}
 
@@ -108,8 +116,9 @@ def resolve_dtype(dtype: str, config: dict) -> str:
     return dtype
 
 
-def _safetensors_elements(path: Path) -> dict[str, int]:
-    """Element count per dtype name from a safetensors header, read without loading any weights."""
+def _safetensors_elements(path: Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """Element count per dtype name from a safetensors header, read without loading any weights; tensors whose name
+    starts with one of `skip` are not counted."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(8)
@@ -131,17 +140,20 @@ def _safetensors_elements(path: Path) -> dict[str, int]:
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
                 and isinstance(entry.get("dtype"), str)):
             raise EncoderError(f"{path}: not a safetensors file (tensor {shown(key)} has no valid shape and dtype)")
+        if key.startswith(skip):
+            continue
         counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + math.prod(shape)
     return counts
 
 
-def estimate_weight_bytes(model_dir: Path, dtype: torch.dtype) -> int:
-    """Bytes the weights take in `dtype`, from safetensors headers (file sizes for other formats)."""
+def estimate_weight_bytes(model_dir: Path, dtype: torch.dtype, skip: tuple[str, ...] = ()) -> int:
+    """Bytes the weights take in `dtype`, from safetensors headers (file sizes for other formats); `skip`: name
+    prefixes of tensors that are not loaded (the base model skips `lm_head.`)."""
     element = torch.empty((), dtype=dtype).element_size()
     total = 0
     for path in _top_level_files(model_dir):
         if path.suffix == ".safetensors":
-            for name, count in _safetensors_elements(path).items():
+            for name, count in _safetensors_elements(path, skip).items():
                 total += count * (element if name in ("F32", "BF16", "F16") else _SAFETENSORS_BYTES.get(name, 4))
         elif path.suffix in _WEIGHT_SUFFIXES:
             total += path.stat().st_size
@@ -157,15 +169,6 @@ def from_pretrained_kwargs(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def release_model_memory(device: torch.device, after_release: AfterRelease | None) -> None:
-    """After the caller dropped its model: collect it, empty the CUDA cache, and tell the host (ComfyUI)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    if after_release is not None:
-        after_release()
-
-
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The reference pooling, in the hidden states' dtype: `(h * m).sum(1) / m.sum(1)`, then fp32."""
     mask = attention_mask.unsqueeze(-1)
@@ -175,12 +178,16 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 class LLMEncoder(ProfileEncoder):
     """Encode profiles with a local causal LM. Nothing is loaded until `encode_uncached` runs.
 
-    `before_load(bytes, device)` runs before the weights are loaded (ComfyUI frees memory there);
-    `after_release()` runs after the model has been deleted (ComfyUI empties its caches there)."""
+    `placement` decides where the model runs and how long it stays (psa_core.encoders.placement); without one it is
+    `SingleDevice(device, before_load, after_release)`: the whole model on `device` while encoding, where
+    `before_load(bytes, device)` runs before the weights are loaded and `after_release()` after the model has been
+    deleted. `progress(stage, done, total)` is told while the weights load and as the profiles are encoded. After an
+    encode, `last_placed` says how the model was placed."""
 
     def __init__(self, model_dir: str | Path, template: PromptTemplate, *, dtype: str = "auto",
                  device: str | torch.device = "cpu", batch_size: int = REFERENCE_BATCH_SIZE,
-                 before_load: BeforeLoad | None = None, after_release: AfterRelease | None = None):
+                 before_load: BeforeLoad | None = None, after_release: AfterRelease | None = None,
+                 placement: Placement | None = None, progress: Progress | None = None):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise EncoderError(f"LLM folder not found: {self.model_dir}; expected a local Hugging Face causal-LM "
@@ -194,11 +201,14 @@ class LLMEncoder(ProfileEncoder):
         if batch_size < 1:
             raise EncoderError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        self.before_load, self.after_release = before_load, after_release
+        self.placement = placement or SingleDevice(self.device, before_load, after_release)
+        self.progress = progress
+        self.last_placed: Placed | None = None
         self.name = encoder_name_for(self.config)
 
     @property
     def identity(self) -> str:
+        # Where the model runs is not part of it: a placement changes the numbers by rounding only (§7).
         return (f"llm|{self.name}|model={model_fingerprint(self.model_dir)}|template={self.template.sha256}"
                 f"|dtype={self.dtype_name}|{POOLING}")
 
@@ -224,43 +234,50 @@ class LLMEncoder(ProfileEncoder):
         except (OSError, ValueError) as error:
             raise EncoderError(f"cannot load the tokenizer from {self.model_dir}: {error}") from None
 
-    def _load_model(self):
+    def _build(self, extra: dict):
         import transformers
 
-        kwargs = from_pretrained_kwargs(self.dtype)
-        if self.device.type != "cpu":
-            kwargs["device_map"] = {"": self.device}
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the base model skips lm_head: expected, not worth a warning
         try:
-            model = transformers.AutoModel.from_pretrained(str(self.model_dir), local_files_only=True, **kwargs)
+            return transformers.AutoModel.from_pretrained(str(self.model_dir), local_files_only=True,
+                                                          **from_pretrained_kwargs(self.dtype), **extra)
         except (OSError, ValueError, KeyError) as error:
             raise EncoderError(f"cannot load the model from {self.model_dir}: {error}") from None
         finally:
             transformers.logging.set_verbosity(verbosity)
-        return model.to(self.device).eval()
 
-    def _forward(self, model, tokenizer, texts: list[str]) -> torch.Tensor:
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                inputs = tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                   truncation=True)
-                input_ids = inputs["input_ids"].to(self.device)
-                attention_mask = inputs["attention_mask"].to(self.device)
-                hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                rows.append(masked_mean(hidden, attention_mask).cpu())
-        return torch.cat(rows)
+    def model_request(self, working_bytes: int = 0) -> ModelRequest:
+        """What the placement is asked to place: the base model (no LM head) in this encoder's precision."""
+        return ModelRequest(key=("AutoModel", model_fingerprint(self.model_dir), self.dtype_name),
+                            label=f"{self.model_dir.name} ({self.dtype_name})", build=self._build, dtype=self.dtype,
+                            weight_bytes=estimate_weight_bytes(self.model_dir, self.dtype, skip=("lm_head.",)),
+                            working_bytes=working_bytes)
+
+    def batches(self, tokenizer, profiles: Sequence[UserProfile]) -> list[dict]:
+        """The tokenized, left-padded batches of the reference (`truncation=True`), in profile order."""
+        texts = self.chat_texts(tokenizer, profiles)
+        return [tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+                for start in range(0, len(texts), self.batch_size)]
 
     def encode_uncached(self, profiles: Sequence[UserProfile]) -> torch.Tensor:
         tokenizer = self.load_tokenizer()
-        texts = self.chat_texts(tokenizer, profiles)
-        if self.before_load is not None:
-            self.before_load(estimate_weight_bytes(self.model_dir, self.dtype), self.device)
-        model = None
-        try:
-            model = self._load_model()
-            return self._forward(model, tokenizer, texts)
-        finally:
-            del model
-            release_model_memory(self.device, self.after_release)
+        batches = self.batches(tokenizer, profiles)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        working = max(forward_working_bytes(self.config, *b["input_ids"].shape, element) for b in batches)
+        rows, done = [], 0
+        with self.placement.use(self.model_request(working), self.progress) as placed:
+            self.last_placed = placed
+            with torch.inference_mode():
+                for inputs in batches:
+                    input_ids = inputs["input_ids"].to(placed.device)
+                    attention_mask = inputs["attention_mask"].to(placed.device)
+                    # use_cache=False: no key/value cache is kept (nothing is generated); the outputs are the same
+                    hidden = placed.model(input_ids=input_ids, attention_mask=attention_mask,
+                                          use_cache=False).last_hidden_state
+                    rows.append(masked_mean(hidden, attention_mask).cpu())
+                    del hidden, input_ids, attention_mask  # nothing of the forward outlives the use of the model
+                    done += len(inputs["input_ids"])
+                    if self.progress is not None:
+                        self.progress(RUN, done, len(profiles))
+        return torch.cat(rows)

@@ -16,7 +16,8 @@ ENCODER_CHOICES = (LLM, STRUCTURED)
 
 def make_encoder(choice: str, *, model_dir: str | Path | None = None, template_path: str | Path | None = None,
                  dtype: str = "auto", device: str | torch.device = "cpu", **hooks) -> ProfileEncoder:
-    """`llm` needs `model_dir` and `template_path`; `structured` needs nothing."""
+    """`llm` needs `model_dir` and `template_path`, and takes LLMEncoder's other keywords (`batch_size`, `placement`,
+    `progress`, `before_load`, `after_release`); `structured` needs nothing."""
     if choice == STRUCTURED:
         return StructuredEncoder()
     if choice == LLM:
