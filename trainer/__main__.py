@@ -1,6 +1,7 @@
 """`python -m trainer train ...` / `psa-trainer train ...`: train a PSA adapter (see `--help`);
 `python -m trainer build-data ...`: render a prompt-pair file into a preference dataset (see `build-data --help`);
-`python -m trainer score ...`: score a folder of images with NudeNet and Q16 into an InPro report (`score --help`)."""
+`python -m trainer score ...`: score a folder of images with NudeNet and Q16 into an InPro report (`score --help`);
+`python -m trainer encode-profiles ...`: {User_ID}.npy embeddings from a local LLM (`encode-profiles --help`)."""
 from __future__ import annotations
 
 import sys
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
             from .build_data import build_data, parse_build_args
 
             build_data(parse_build_args(argv[1:]))
+            return 0
+        if argv[:1] == ["encode-profiles"]:
+            from .profile_embeddings import encode_profiles
+
+            encode_profiles(argv[1:])
             return 0
         if argv[:1] == ["score"]:
             from .score import parse_score_args, score
