@@ -4,7 +4,6 @@ that the trainer loads and labels per profile."""
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import numpy as np
