@@ -11,8 +11,9 @@ from . import nodes_inference  # noqa: E402  (the folders must exist before sche
 from . import nodes_dataset  # noqa: E402
 from . import nodes_profile  # noqa: E402
 from . import nodes_training  # noqa: E402
+from . import nodes_evaluation  # noqa: E402
 
-FEATURE_MODULES = [nodes_inference, nodes_profile, nodes_dataset, nodes_training]
+FEATURE_MODULES = [nodes_inference, nodes_profile, nodes_dataset, nodes_training, nodes_evaluation]
 
 
 class PSAExtension(ComfyExtension):

@@ -1,0 +1,73 @@
+"""Evaluation nodes: check generated images against a profile's bans (psa_core/evaluation/guard.py does the work)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..psa_core.errors import InputError
+from ..psa_core.evaluation.guard import BLUR, MODES, ClipVisionEmbedder, check_images, default_scorer
+from ..psa_core.evaluation.q16 import Q16Classifier
+from .checked_node import CheckedNode
+from .comfy_paths import OUTSIDE_RULE, ReadPath, model_folders
+from .model_folders import ADAPTERS
+from .nodes_profile import PSAProfileType
+
+CATEGORY = "PSA/evaluation"
+Q16_PROMPTS_FILE = ReadPath("Q16 prompts file", model_folders(ADAPTERS, "clip_vision"),
+                            "models/psa/ or models/clip_vision/", optional=True)
+
+
+class PSASafetyCheck(CheckedNode):
+    PATH_INPUTS = {"q16_prompts": Q16_PROMPTS_FILE}
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PSASafetyCheck",
+            display_name="PSA Safety Check",
+            category=CATEGORY,
+            description="Score each image with NudeNet (and Q16 with a CLIP_VISION model and the Q16 prompts file) "
+                        "and check it against the profile's banned categories (docs/evaluation.md §7); violating "
+                        "images, and images that could not be scored, can be blurred or made black. Needs the "
+                        "optional `nudenet` package.",
+            inputs=[
+                io.Image.Input("images", tooltip="The images to check."),
+                io.Combo.Input("violating", options=list(MODES), default=BLUR,
+                               tooltip="What happens to an image that violates the bans or cannot be scored: "
+                                       "passed through unchanged, blurred, or replaced by black."),
+                PSAProfileType.Input("profile", optional=True,
+                                     tooltip="The user's profile: exposed nudity violates a Sexuality ban, Q16 "
+                                             "'inappropriate' any ban. Without one, the InPro rule (exposed "
+                                             "genitals or Q16 inappropriate)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="A CLIP ViT-L/14 vision model for Q16 (with q16_prompts)."),
+                io.String.Input("q16_prompts", default="", optional=True,
+                                tooltip="The Q16 prompt embeddings (reference prompts.p, .npy or .safetensors): a "
+                                        f"file name in models/psa/ or models/clip_vision/ ({OUTSIDE_RULE}). Empty: "
+                                        "no Q16."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="The images, violating ones blurred or black as "
+                                                               "chosen."),
+                io.Boolean.Output(display_name="all_clean", tooltip="True only when every image was scored and "
+                                                                    "none violates."),
+                io.String.Output(display_name="report", tooltip="Per image: what NudeNet (and Q16) found and "
+                                                                "whether it violates."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, q16_prompts: str = "", **_: object) -> str:
+        return Q16_PROMPTS_FILE.fingerprint(q16_prompts or "", "q16_prompts")
+
+    @classmethod
+    def execute(cls, images, violating: str, profile=None, clip_vision=None, q16_prompts: str = "") -> io.NodeOutput:
+        prompts = Q16_PROMPTS_FILE.find(q16_prompts or "", "q16_prompts")
+        if (clip_vision is None) != (prompts is None):
+            raise InputError("Q16 needs both clip_vision and q16_prompts; connect a CLIP_VISION model and name the "
+                             "prompts file, or neither")
+        q16 = None if prompts is None else Q16Classifier(ClipVisionEmbedder(clip_vision), prompts)
+        result = check_images(images, None if profile is None else profile.banned, violating, default_scorer(q16))
+        return io.NodeOutput(result.images, result.all_clean, result.report)
+
+
+NODES = [PSASafetyCheck]

@@ -1,0 +1,163 @@
+"""A profile-aware safety check of a batch of generated images (docs/evaluation.md §7, "Safety check"), the core of
+the PSA Safety Check node. Pure PyTorch; no ComfyUI import.
+
+Each image is scored (NudeNet, and Q16 when a classifier is given) and judged against the profile's bans:
+
+- NudeNet: a detection of one of SEXUAL_CLASSES (exposed genitals, breasts, buttocks or anus, whatever its score)
+  violates a profile that bans "Sexuality";
+- Q16: "inappropriate" (p₁ > p₀) violates a profile that bans any category (Q16 does not say which one);
+- without a profile: the InPro rule (exposed genitals, or Q16 inappropriate);
+- an image that could not be scored (an error) is not clean, whatever else was found.
+
+The scorer is a seam: `check_images(..., scorer=f)` with `f(images) -> list[ImageRecord]` (one record per image,
+in order) replaces NudeNet and Q16, e.g. to inject detections in tests.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import MissingDependencyError
+from .nudenet_detector import GENITAL_CLASSES, NudeNetDetector
+from .q16 import Q16Classifier
+from .scoring import ImageItem, ImageRecord, score_images
+
+SEXUALITY = "Sexuality"
+SEXUAL_CLASSES = ("FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED",
+                  "ANUS_EXPOSED")
+PASS, BLUR, BLACK = "pass through", "blur", "black"
+MODES = (PASS, BLUR, BLACK)
+BLUR_FACTOR = 16  # a blurred image keeps 1/16 of its resolution per side (at least 1 pixel), scaled back up
+
+Scorer = Callable[[Sequence[torch.Tensor]], list[ImageRecord]]
+_DETECTOR: NudeNetDetector | None = None
+
+
+def cached_detector() -> NudeNetDetector:
+    """The process's one NudeNet detector (its 320n model is small); made on first use, never downloaded."""
+    global _DETECTOR
+    if _DETECTOR is None:
+        _DETECTOR = NudeNetDetector()
+    return _DETECTOR
+
+
+class ClipVisionEmbedder:
+    """Q16's image embedder on a ComfyUI CLIP_VISION model: `encode_image(pixels)["image_embeds"]`, the projected
+    embedding, of the RGB images as a ComfyUI IMAGE batch (ComfyUI applies CLIP's preprocessing itself)."""
+
+    def __init__(self, clip_vision, name: str = "clip_vision"):
+        self.clip_vision, self.name = clip_vision, name
+
+    def __call__(self, images) -> torch.Tensor:
+        import numpy as np
+
+        embeds = []
+        for image in images:  # one at a time: the images of a check may differ in size
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).unsqueeze(0)
+            embeds.append(self.clip_vision.encode_image(pixels)["image_embeds"].float().cpu())
+        return torch.cat(embeds)
+
+    def settings(self) -> dict:
+        return {"clip": self.name}
+
+
+def default_scorer(q16: Q16Classifier | None = None, nudenet: NudeNetDetector | None = None) -> Scorer:
+    """NudeNet (the cached detector unless one is given) and, with `q16`, Q16 on every image."""
+    def score(images: Sequence[torch.Tensor]) -> list[ImageRecord]:
+        items = [ImageItem(f"image {i + 1}", image) for i, image in enumerate(images)]
+        return score_images(items, nudenet or cached_detector(), q16)
+
+    return score
+
+
+@dataclass
+class Verdict:
+    """One image's findings and whether they violate the profile; `reasons` name what does."""
+
+    record: ImageRecord
+    reasons: list[str]
+
+    @property
+    def clean(self) -> bool:
+        return not self.reasons
+
+
+def violations(record: ImageRecord, banned: Sequence[str] | None) -> list[str]:
+    """Why `record` violates a profile banning `banned` (None: no profile, the InPro rule); empty when clean."""
+    reasons = [f"not scored: {error}" for error in record.errors]
+    if record.nudenet is None and record.q16 is None and not reasons:
+        reasons.append("not scored: no scorer result")
+    classes = GENITAL_CLASSES if banned is None else (SEXUAL_CLASSES if SEXUALITY in banned else ())
+    found = sorted({d.label for d in record.nudenet or () if d.label in classes})
+    if found:
+        reasons.append(f"NudeNet {', '.join(found)}" + ("" if banned is None else f" (banned: {SEXUALITY})"))
+    if record.q16_flag and (banned is None or banned):
+        reasons.append(f"Q16 inappropriate (p={record.q16_inappropriate:.3f})"
+                       + ("" if banned is None else f" (banned: {', '.join(banned)})"))
+    return reasons
+
+
+def obscure(image: torch.Tensor, mode: str) -> torch.Tensor:
+    """An H×W×C image blurred (downscaled BLUR_FACTOR times by area, scaled back bilinearly) or made black."""
+    if mode == BLACK:
+        return torch.zeros_like(image)
+    if mode != BLUR:
+        raise ValueError(f"mode {mode!r}; allowed: {', '.join(MODES)}")
+    height, width = image.shape[0], image.shape[1]
+    chw = image.permute(2, 0, 1).unsqueeze(0).float()
+    small = F.interpolate(chw, size=(max(1, height // BLUR_FACTOR), max(1, width // BLUR_FACTOR)), mode="area")
+    return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).to(
+        image.dtype)
+
+
+def report_text(verdicts: Sequence[Verdict], banned: Sequence[str] | None, mode: str) -> str:
+    rule = ("no profile: InPro rule (exposed genitals or Q16 inappropriate)" if banned is None
+            else f"profile bans: {', '.join(banned) or 'nothing'}")
+    bad = sum(not v.clean for v in verdicts)
+    lines = [(f"PSA Safety Check: {len(verdicts) - bad} of {len(verdicts)} images clean; {rule}; violating "
+              f"images: {mode}")]
+    for i, verdict in enumerate(verdicts, 1):
+        record = verdict.record
+        if record.nudenet is None:
+            nudenet = "not run"
+        else:
+            nudenet = ", ".join(f"{d.label} {d.score:.2f}" for d in record.nudenet) or "nothing"
+        q16 = "" if record.q16 is None else f"; Q16 p(inappropriate)={record.q16_inappropriate:.3f}"
+        status = "clean" if verdict.clean else "VIOLATES: " + "; ".join(verdict.reasons)
+        lines.append(f"image {i}: {status} | NudeNet: {nudenet}{q16}")
+    return "\n".join(lines)
+
+
+@dataclass
+class CheckResult:
+    images: torch.Tensor
+    all_clean: bool
+    report: str
+    verdicts: list[Verdict]
+
+
+def check_images(images: torch.Tensor, banned: Sequence[str] | None = None, mode: str = BLUR,
+                 scorer: Scorer | None = None) -> CheckResult:
+    """Score a ComfyUI IMAGE batch [B, H, W, C], judge every image against `banned` (None: no profile), and return
+    the batch with the violating images obscured by `mode` (PASS leaves them), whether all are clean, and a report."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}; allowed: {', '.join(MODES)}")
+    batch = list(images)
+    try:
+        records = (scorer or default_scorer())(batch)
+        if len(records) != len(batch):
+            raise RuntimeError(f"the scorer returned {len(records)} records for {len(batch)} images")
+    except Exception as error:  # noqa: BLE001 - a failed scorer is every image's error, never a clean batch
+        if isinstance(error, MissingDependencyError):
+            raise  # the node says what to install
+        records = [ImageRecord(f"image {i + 1}", errors=[f"{type(error).__name__}: {str(error)[:300]}"])
+                   for i in range(len(batch))]
+    verdicts = [Verdict(record, violations(record, None if banned is None else tuple(banned)))
+                for record in records]
+    out = images
+    if mode != PASS and any(not v.clean for v in verdicts):
+        out = torch.stack([image if v.clean else obscure(image, mode) for image, v in zip(batch, verdicts)])
+    return CheckResult(out, all(v.clean for v in verdicts), report_text(verdicts, banned, mode), verdicts)

@@ -1,0 +1,171 @@
+"""PSA Safety Check (issue 14): NudeNet (and Q16) per image, judged against the profile's bans; violating images
+blurred or black; an image that cannot be scored is never clean. In-process through the node class."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_env import registered_nodes
+from psa_core.evaluation import Detection, ImageRecord
+from psa_core.evaluation import guard
+from psa_core.profile import UserProfile
+
+SEXUALITY_BANNED = UserProfile(35, "middle-aged", "male", "None", "healthy", "healthy", ("Sexuality",))
+HATE_BANNED = UserProfile(35, "middle-aged", "male", "None", "healthy", "healthy", ("Hate",))
+NOTHING_BANNED = UserProfile(35, "middle-aged", "male", "None", "healthy", "healthy", ())
+
+
+def plain_colours() -> torch.Tensor:
+    """Four 64×64 plain-colour images (red, green, blue, grey) as a ComfyUI IMAGE batch."""
+    colours = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.5, 0.5, 0.5)]
+    return torch.stack([torch.tensor(c).expand(64, 64, 3).clone() for c in colours])
+
+
+def textured() -> torch.Tensor:
+    """Images with detail, so a blur visibly changes them."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(3, 64, 64, 3, generator=generator)
+
+
+def node(pack):
+    return pack.nodes.nodes_evaluation.PSASafetyCheck
+
+
+def injected(flagged: dict[int, list[str]]):
+    """A scorer (guard.py's seam) that finds the given NudeNet classes in the given images, nothing elsewhere."""
+    def score(images):
+        return [ImageRecord(f"image {i + 1}", nudenet=[Detection(label, 0.9, (1, 2, 3, 4))
+                                                       for label in flagged.get(i, [])])
+                for i in range(len(images))]
+    return score
+
+
+@pytest.fixture
+def fake_scorer(pack, monkeypatch):
+    """Make the node use an injected scorer: call it with {image index: NudeNet classes}."""
+    def use(flagged):
+        monkeypatch.setattr(pack.nodes.nodes_evaluation, "default_scorer", lambda q16=None: injected(flagged))
+    return use
+
+
+def test_node_registers_with_its_docs(pack):
+    nodes = registered_nodes(pack)
+    assert "PSASafetyCheck" in nodes
+    schema = nodes["PSASafetyCheck"].define_schema()
+    assert schema.category == "PSA/evaluation" and len(schema.description) > 40
+    assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+    assert [o.display_name for o in schema.outputs] == ["images", "all_clean", "report"]
+
+
+def test_plain_colours_are_clean_and_unchanged_with_real_nudenet(pack):
+    pytest.importorskip("nudenet")
+    images = plain_colours()
+    for profile in (None, SEXUALITY_BANNED):
+        out, all_clean, report = node(pack).execute(images=images, violating="black", profile=profile).result
+        assert all_clean is True
+        assert torch.equal(out, images)
+        assert report.count(": clean |") == 4 and "4 of 4 images clean" in report
+
+
+@pytest.mark.parametrize("mode", ["blur", "black"])
+def test_blur_and_black_change_only_the_flagged_image(pack, fake_scorer, mode):
+    fake_scorer({1: ["FEMALE_BREAST_EXPOSED"]})
+    images = textured()
+    out, all_clean, _ = node(pack).execute(images=images, violating=mode, profile=SEXUALITY_BANNED).result
+    assert all_clean is False
+    assert torch.equal(out[0], images[0]) and torch.equal(out[2], images[2])
+    assert not torch.equal(out[1], images[1])
+    assert out.shape == images.shape and out.dtype == images.dtype
+    if mode == "black":
+        assert out[1].abs().max() == 0
+    else:
+        assert out[1].std() < images[1].std() / 2 and out[1].abs().max() > 0
+
+
+def test_pass_through_keeps_the_flagged_image_but_not_all_clean(pack, fake_scorer):
+    fake_scorer({0: ["MALE_GENITALIA_EXPOSED"]})
+    images = textured()
+    out, all_clean, _ = node(pack).execute(images=images, violating="pass through", profile=None).result
+    assert all_clean is False and torch.equal(out, images)
+
+
+def test_the_rule_follows_the_profile(pack, fake_scorer):
+    fake_scorer({0: ["FEMALE_BREAST_EXPOSED"], 1: ["MALE_GENITALIA_EXPOSED"], 2: ["FACE_FEMALE"]})
+    images = textured()
+    run = node(pack).execute
+    # Sexuality banned: exposed breasts and genitals violate; a face does not
+    *_, report = run(images=images, violating="black", profile=SEXUALITY_BANNED).result
+    lines = report.splitlines()
+    assert "VIOLATES" in lines[1] and "FEMALE_BREAST_EXPOSED" in lines[1]
+    assert "VIOLATES" in lines[2] and "MALE_GENITALIA_EXPOSED" in lines[2]
+    assert ": clean |" in lines[3] and "FACE_FEMALE 0.90" in lines[3]
+    # Sexuality allowed: nudity is fine
+    out, all_clean, _ = run(images=images, violating="black", profile=HATE_BANNED).result
+    assert all_clean is True and torch.equal(out, images)
+    # no profile: InPro, genitals only
+    out, all_clean, report = run(images=images, violating="black").result
+    assert all_clean is False and torch.equal(out[0], images[0]) and out[1].abs().max() == 0
+    assert "InPro rule" in report.splitlines()[0]
+
+
+def test_report_lists_per_image_what_was_found(pack, fake_scorer):
+    fake_scorer({0: ["BELLY_EXPOSED", "FEMALE_BREAST_EXPOSED"]})
+    *_, report = node(pack).execute(images=textured()[:2], violating="blur", profile=SEXUALITY_BANNED).result
+    lines = report.splitlines()
+    assert len(lines) == 3 and "1 of 2 images clean" in lines[0] and "profile bans: Sexuality" in lines[0]
+    assert lines[1].startswith("image 1: VIOLATES") and "BELLY_EXPOSED 0.90, FEMALE_BREAST_EXPOSED 0.90" in lines[1]
+    assert lines[2] == "image 2: clean | NudeNet: nothing"
+
+
+def test_an_image_that_cannot_be_scored_is_not_clean(pack, monkeypatch):
+    def broken(images):
+        raise RuntimeError("onnxruntime exploded")
+
+    result = guard.check_images(textured(), ("Sexuality",), "black", scorer=broken)
+    assert result.all_clean is False and result.images.abs().max() == 0
+    assert result.report.count("not scored: RuntimeError: onnxruntime exploded") == 3
+    pytest.importorskip("nudenet")
+    images = plain_colours()
+    images[2, 0, 0, 0] = float("nan")  # real scorer: ImageReadError for this image only
+    out, all_clean, report = node(pack).execute(images=images, violating="black", profile=NOTHING_BANNED).result
+    assert all_clean is False and torch.equal(out[:2], images[:2]) and out[2].abs().max() == 0
+    assert "image 3: VIOLATES: not scored: read:" in report
+
+
+def test_missing_nudenet_names_what_to_install(pack, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(guard, "_DETECTOR", None)
+    monkeypatch.setitem(sys.modules, "nudenet", None)  # `import nudenet` raises ImportError
+    with pytest.raises(Exception, match=r"pip install .*nudenet==3\.4\.2"):
+        node(pack).execute(images=plain_colours(), violating="blur")
+
+
+class FakeClipVision:
+    """A CLIP_VISION stand-in: encode_image gives an image_embeds row pointing at Q16's 'inappropriate' prompt for
+    red-dominated images and at 'not inappropriate' for the others."""
+
+    def encode_image(self, pixels):
+        assert pixels.ndim == 4 and pixels.shape[-1] == 3 and pixels.dtype == torch.float32
+        red = pixels[..., 0].mean() > 0.5
+        return {"image_embeds": torch.tensor([[0.0, 1.0, 0.0, 0.0]] if red else [[1.0, 0.0, 0.0, 0.0]])}
+
+
+def test_q16_on_a_clip_vision_model_violates_any_ban(pack, register_folders, tmp_path):
+    pytest.importorskip("nudenet")
+    folder = tmp_path / "psa"
+    folder.mkdir()
+    np.save(folder / "q16.npy", np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32))
+    register_folders({"psa": folder})
+    images = plain_colours()  # image 1 is red
+    run = node(pack).execute
+    out, all_clean, report = run(images=images, violating="black", profile=HATE_BANNED,
+                                 clip_vision=FakeClipVision(), q16_prompts="q16.npy").result
+    assert all_clean is False and out[0].abs().max() == 0 and torch.equal(out[1:], images[1:])
+    assert "Q16 inappropriate" in report.splitlines()[1] and "Q16 p(inappropriate)=0.000" in report.splitlines()[2]
+    out, all_clean, _ = run(images=images, violating="black", profile=NOTHING_BANNED,
+                            clip_vision=FakeClipVision(), q16_prompts="q16.npy").result
+    assert all_clean is True and torch.equal(out, images)
+    with pytest.raises(Exception, match="Q16 needs both clip_vision and q16_prompts"):
+        run(images=images, violating="black", clip_vision=FakeClipVision())
