@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from psa_core.errors import shown
 from psa_core.json_text import JSONTextError, parse_json
 from psa_core.training.config import (
     GROUPS,
@@ -21,7 +22,6 @@ from psa_core.training.config import (
     allowed_text,
     kind_of,
     setting_of,
-    shown,
 )
 from psa_core.training.errors import TrainingError
 

@@ -15,7 +15,6 @@ What cannot be read raises ImageReadError naming the file; the scoring loop reco
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from pathlib import Path
 
@@ -23,11 +22,10 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from ..errors import shown
+from ..training.augment import IMAGE_READ_ERRORS
 from .errors import ImageReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# What PIL raises on damaged or hostile files, by format plugin; DecompressionBombError is none of the others.
-_PIL_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
 _TRUNCATION_LOCK = threading.Lock()
 
 
@@ -88,14 +86,14 @@ def load_image(source: object) -> Image.Image:
         path = Path(source)
         try:
             return _decode_file(path)
-        except _PIL_ERRORS as error:
+        except IMAGE_READ_ERRORS as error:
             raise ImageReadError(f"{path.name}: cannot be read as an image ({str(error)[:200] or type(error).__name__})"
                                  ) from None
     if isinstance(source, Image.Image):
         try:
             source.load()
             return _to_rgb(source)
-        except _PIL_ERRORS as error:
+        except IMAGE_READ_ERRORS as error:
             raise ImageReadError(f"the image cannot be decoded ({str(error)[:200]})") from None
     if hasattr(source, "detach") and hasattr(source, "cpu"):  # a torch tensor, without importing torch here
         source = source.detach().cpu().float().numpy() if source.is_floating_point() else source.detach().cpu().numpy()

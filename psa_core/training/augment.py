@@ -37,7 +37,7 @@ class PairGeometry:
 
 
 # What PIL raises on a damaged or hostile file, by format plugin; DecompressionBombError is none of the others.
-_IMAGE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
+IMAGE_READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
 
 
 @contextmanager
@@ -45,7 +45,7 @@ def reading_image(path: str | Path) -> Iterator[None]:
     """Turn PIL's errors while reading `path` into a DatasetError naming the file."""
     try:
         yield
-    except _IMAGE_ERRORS as error:
+    except IMAGE_READ_ERRORS as error:
         raise DatasetError(f"cannot read image {path}: {error}; replace or remove the file") from None
 
 

@@ -13,16 +13,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..adapter_file import SAVE_DTYPES
+from ..errors import shown
+from ..families import FAMILY_NAMES
 from ..precision import PRECISION_DTYPES, PRECISIONS  # noqa: F401  (the run's names, re-exported for the front ends)
+from .cache import STORAGE_DTYPES
 from .errors import TrainingError
+from .inputs import DATA_FORMATS
 from .loss import BETA_HELP, DEFAULT_BETA
 from .optim import LR_SCHEDULES, OPTIMIZERS
 
 MAX_SEED = 2**63 - 1  # every random number of a run comes from derived_seed(seed, ...), which takes any of these
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' native training sizes
 ADAPTER_SUFFIX = ".safetensors"
-DATA_FORMATS = ("auto", "sage", "pairs")
-CACHE_DTYPES = ("float16", "float32")
 GROUPS = ("model", "data", "training")
 
 
@@ -81,7 +83,7 @@ class TrainingConfig:
 
     # model
     base_model: str = setting("", "model", "diffusers model folder, or single-file .safetensors checkpoint")
-    family: str = setting("auto", "model", choices=("auto", "sd15", "sdxl"))
+    family: str = setting("auto", "model", choices=("auto", *FAMILY_NAMES))
     tokenizer: str | None = setting(None, "model", "CLIP tokenizer folder (vocab.json, merges.txt) for single-file "
                                     "checkpoints; default: ComfyUI's comfy/sd1_tokenizer when the pack sits in "
                                     "ComfyUI")
@@ -109,7 +111,7 @@ class TrainingConfig:
                                        "user (off in the reference)", bounds=Bounds(0, 1))
     cache_dir: str | None = setting(None, "data", "where VAE latents and text conditioning are cached (default: "
                                     "<data folder>/.psa_cache)")
-    cache_dtype: str = setting("float16", "data", choices=CACHE_DTYPES)
+    cache_dtype: str = setting("float16", "data", choices=tuple(STORAGE_DTYPES))
     cache_batch: int = setting(8, "data", "images per VAE call while caching", bounds=Bounds(1))
     # training
     output: str = setting("", "training", "output folder (adapter, log, plot, checkpoints)")
@@ -174,11 +176,6 @@ def kind_of(name: str) -> tuple[type, bool]:
     hint = _HINTS[name]
     args = typing.get_args(hint) or (hint,)
     return next(a for a in args if a is not type(None)), type(None) in args
-
-
-def shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def allowed_text(name: str) -> str:

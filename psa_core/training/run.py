@@ -35,12 +35,15 @@ def cache_settings(config: TrainingConfig, model_fingerprint: str, resolution: i
 class TrainingRun:
     config: TrainingConfig
     family: Family
-    resolution: int
     pairs: CachedPairs
     order: PairOrder
     adapter: PSAAdapter
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution_for(self.family.name)
 
     def step_inputs(self, predict: Predict, schedule: NoiseSchedule) -> StepInputs:
         config = self.config
@@ -66,14 +69,13 @@ def evaluation_pairs(config: TrainingConfig, family: Family, data: LabelledData,
 def assemble_run(config: TrainingConfig, family: Family, data: LabelledData, cache: LatentCache, users: UserTable,
                  start: PSAAdapter | None = None) -> TrainingRun:
     """Pairs, order, adapter (`start`, or a new one from the seed), optimizer and LR schedule for `config`."""
-    resolution = config.resolution_for(family.name)
     pairs = cached_pairs(config, family, data, cache, users)
     order = PairOrder(len(pairs), config.batch, config.seed)
     adapter = start if start is not None else new_adapter(family, users.dim, config.seed)
     optimizer = build_optimizer(adapter.parameters(), config.optimizer, config.lr, config.weight_decay,
                                 eps=config.adam_epsilon)
     lr_scheduler = build_lr_scheduler(optimizer, config.lr_schedule, config.warmup_steps, config.steps)
-    return TrainingRun(config, family, resolution, pairs, order, adapter, optimizer, lr_scheduler)
+    return TrainingRun(config, family, pairs, order, adapter, optimizer, lr_scheduler)
 
 
 def training_metadata(trainer: str, run: TrainingRun, data: LabelledData, users: UserTable,
