@@ -1,0 +1,88 @@
+"""PSA Safety Check over HTTP, in a prompt with PSA Apply: the demo SD1.5 checkpoint renders one image through the
+adapter, a red picture joins it in the batch, and the check (real NudeNet, Q16 through a CLIP_VISION stand-in that
+calls only the red picture inappropriate) blurs the flagged image and leaves the PSA image exactly as rendered."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DEMO_CHECKPOINT, demo_assets
+from node_prompts import NODE, node_prompt
+from workflow_check import check_api_prompt
+
+pytest.importorskip("nudenet")
+
+ADAPTER, EMBEDDING, PROMPTS, RED = "psa_http_check.safetensors", "psa_http_check.npy", "psa_http_q16.npy", "red.png"
+
+
+@pytest.fixture(scope="module")
+def check_server(demo_server):
+    models = demo_server.models
+    demo_assets().write_demo_adapter(models / "psa" / ADAPTER, seed=5)
+    demo_assets().write_demo_embedding(models / "psa_embeddings" / EMBEDDING, seed=6)
+    (models / "clip_vision").mkdir(parents=True, exist_ok=True)
+    np.save(models / "clip_vision" / PROMPTS, np.eye(2, 4, dtype=np.float32))  # rows e0 (clean), e1 (inappropriate)
+    texture = np.random.default_rng(0).integers(0, 60, (64, 64, 3), dtype=np.uint8)
+    texture[..., 0] += 190  # strongly red, with detail a blur removes
+    Image.fromarray(texture, "RGB").save(demo_server.base / "input" / RED)
+    return demo_server
+
+
+def check_prompt(server, violating: str, prefix: str) -> dict:
+    object_info = server.get("/object_info")
+    profile = node_prompt(object_info, "PSAUserProfile", {"preset": "level_3 (0000002)"})[NODE]
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEMO_CHECKPOINT}},
+        "2": {"class_type": "PSALoadAdapter", "inputs": {"adapter_name": ADAPTER}},
+        "3": {"class_type": "PSALoadEmbedding", "inputs": {"embedding_name": EMBEDDING}},
+        "4": {"class_type": "PSAApply", "inputs": {"model": ["1", 0], "adapter": ["2", 0], "embedding": ["3", 0],
+                                                   "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "a street at night", "clip": ["1", 1]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["1", 1]}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "8": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "positive": ["5", 0], "negative": ["6", 0],
+                                                   "latent_image": ["7", 0], "seed": 2025, "steps": 1, "cfg": 7.5,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
+        "10": {"class_type": "LoadImage", "inputs": {"image": RED}},
+        "11": {"class_type": "ImageBatch", "inputs": {"image1": ["9", 0], "image2": ["10", 0]}},
+        "12": profile,
+        "13": {"class_type": "TestRedFlagClipVision", "inputs": {}},
+        "14": {"class_type": "PSASafetyCheck", "inputs": {"images": ["11", 0], "violating": violating,
+                                                          "profile": ["12", 0], "clip_vision": ["13", 0],
+                                                          "q16_prompts": PROMPTS}},
+        "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": prefix}},
+        "16": {"class_type": "PreviewAny", "inputs": {"source": ["14", 1]}},
+        "17": {"class_type": "PreviewAny", "inputs": {"source": ["14", 2]}},
+    }
+    assert check_api_prompt(prompt, object_info) == []
+    return prompt
+
+
+def preview_text(entry: dict, node_id: str) -> str:
+    return "".join(entry["outputs"][node_id]["text"])
+
+
+def test_safety_check_after_psa_apply_blurs_only_the_flagged_image(check_server):
+    server = check_server
+    kept = server.run_prompt(check_prompt(server, "pass through", "psa_check/kept"), timeout=600)
+    blurred = server.run_prompt(check_prompt(server, "blur", "psa_check/blurred"), timeout=600)
+    kept_images = [np.asarray(Image.open(p), dtype=np.int16) for p in server.saved_images(kept)]
+    blurred_images = [np.asarray(Image.open(p), dtype=np.int16) for p in server.saved_images(blurred)]
+    assert len(kept_images) == len(blurred_images) == 2
+
+    psa_image, red = kept_images
+    assert np.array_equal(blurred_images[0], psa_image)  # the PSA render: clean, passed through bit for bit
+    assert psa_image.std() > 0  # (a real render, not a blank)
+    detail = lambda image: image.std(axis=(0, 1)).mean()  # spread within each channel  # noqa: E731
+    assert not np.array_equal(blurred_images[1], red) and detail(blurred_images[1]) < detail(red) / 2
+    assert np.abs(blurred_images[1].mean(axis=(0, 1)) - red.mean(axis=(0, 1))).max() < 8  # blurred, not blacked
+
+    for entry in (kept, blurred):
+        assert preview_text(entry, "16") == "False"  # all_clean
+        report = preview_text(entry, "17").splitlines()
+        assert "1 of 2 images clean" in report[0] and "profile bans: Propaganda, Self-Harm, Sexuality, Shocking" \
+            in report[0]
+        assert report[1].startswith("image 1: clean |") and "NudeNet:" in report[1]
+        assert report[2].startswith("image 2: VIOLATES") and "Q16 inappropriate" in report[2]
