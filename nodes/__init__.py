@@ -12,8 +12,9 @@ from . import nodes_dataset  # noqa: E402
 from . import nodes_profile  # noqa: E402
 from . import nodes_training  # noqa: E402
 from . import nodes_evaluation  # noqa: E402
+from . import nodes_judge  # noqa: E402
 
-FEATURE_MODULES = [nodes_inference, nodes_profile, nodes_dataset, nodes_training, nodes_evaluation]
+FEATURE_MODULES = [nodes_inference, nodes_profile, nodes_dataset, nodes_training, nodes_evaluation, nodes_judge]
 
 
 class PSAExtension(ComfyExtension):

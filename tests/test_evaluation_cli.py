@@ -16,13 +16,20 @@ from comfy_env import REPO
 from PIL import Image
 from test_evaluation_nudenet import render_face, render_plain, write_truncated
 from test_evaluation_q16 import VISION, naive_pixels, naive_q16
+from tiny_vlm import build_tiny_qwen2_vl
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from psa_core.profile import EVALUATION_USERS
 from trainer.__main__ import main
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 SAGE_FACE = "user_0000002_sexuality_portrait_of_a_woman_00001_u.jpg"
 SAGE_PLAIN = "user_0000797_hate_abstract_gradient_00002_u.png"
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("vlm") / "tiny-qwen2-vl")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,7 @@ def test_score_cli_end_to_end_writes_json_csv_and_png(image_folder, clip_folder,
     mapping.write_text("file,profile,category\nloose.webp,level_2,Shocking\n")
     out = tmp_path / "reports" / "report.json"
     result = run_score("--images", image_folder, "--out", out, "--clip", clip_folder, "--q16-prompts", prompts,
-                       "--profiles", mapping, "--batch", "2", "--device", "cpu")
+                       "--labels", mapping, "--batch", "2", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "3 of 4 images scored" in result.stdout and "1 image could not be scored" in result.stdout
 
@@ -137,12 +144,28 @@ def test_score_cli_without_q16_reports_nudenet_only(image_folder, tmp_path):
      "--device 'tpu' is not allowed; allowed: auto, cpu, cuda"),
     (["--images", "{images}", "--out", "{tmp}/r.json", "--precision", "fp8"],
      "--precision 'fp8' is not allowed; allowed: auto, fp32, bf16, fp16"),
-    (["--images", "{images}", "--out", "{tmp}/r.json", "--profiles", "{tmp}/labels.txt"],
-     "--profiles {tmp}/labels.txt: allowed: a .csv or .json"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--labels", "{tmp}/labels.txt"],
+     "--labels {tmp}/labels.txt: allowed: a .csv or .json"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--profiles", "{tmp}/users.json"],
+     "--profiles {tmp}/users.json: allowed: an existing users table, a .csv in the users.csv format"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--judge", "{tmp}"],
+     "--judge {tmp}: no config.json; expected a local chat vision-language model folder"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--judge-mode", "fair"],
+     "--judge-mode 'fair' is not allowed; allowed: blind, reference"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--max-new-tokens", "0"],
+     "--max-new-tokens 0 is not allowed; allowed: 1 to 8192"),
     (["--images", "{images}", "--out", "{tmp}/r.json", "--profile", "all"], "--profile 'all' is not allowed"),
     (["--images", "{images}", "--out", "{tmp}/r.json", "--device", "cpu", "--precision", "fp16"],
      "--precision fp16 needs --device cuda"),
     (["--images", "{images}", "--out", "{tmp}/r.json", "--unknown"], "unrecognized arguments: --unknown"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--clip-score", "{tmp}"],
+     "--clip-score {tmp}: allowed: a local transformers CLIPModel folder with config.json"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--fid-weights", "{tmp}/w.pth"],
+     "--fid-weights needs --fid-reference"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--fid-weights", "{tmp}/w.pth", "--fid-reference", "{tmp}"],
+     "--fid-weights {tmp}/w.pth: file not found; allowed: pytorch-fid's pt_inception-2015-12-05-6726825d.pth"),
+    (["--images", "{images}", "--out", "{tmp}/r.json", "--fid-reference", "{tmp}/stats.txt"],
+     "--fid-reference needs --fid-weights"),
 ])
 def test_bad_flags_stop_before_anything_loads_naming_the_flag(tmp_path, capsys, args, message):
     images = tmp_path / "images"
@@ -168,3 +191,109 @@ def test_a_refused_prompt_pickle_stops_the_run(tmp_path, capsys, clip_folder):
     assert not target.exists() and not (tmp_path / "r.json").exists()
     pickle.loads(bad.read_bytes()).close()  # a plain unpickler runs it: the payload is real
     assert target.exists()
+
+
+def write_users_table(path, count: int = 2):
+    """A users.csv of `count` rows (User_IDs 0000001..), each the level_3 user's attributes."""
+    row = EVALUATION_USERS["level_3"].to_reference_row()
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows([row] * count)
+    return path
+
+
+def test_score_with_the_judge_records_verdicts_and_counts_no_verdicts(tmp_path, tiny_vlm, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    render_plain(96).save(images / SAGE_FACE)                                  # User_ID 0000002: in the table
+    render_plain(80).save(images / "user_0000009_hate_x_00001_u.png")         # not in the table
+    render_plain(64).save(images / "loose.png")                               # profile from --labels
+    render_plain(64).save(images / "nobody.png")                              # unknown: no attributes
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,profile\nloose.png,level_5\n")
+    out = tmp_path / "report.json"
+    assert main(["score", "--images", str(images), "--out", str(out), "--labels", str(labels), "--profiles",
+                 str(write_users_table(tmp_path / "users.csv")), "--judge", str(tiny_vlm), "--max-new-tokens", "8",
+                 "--device", "cpu"]) == 0
+    log = capsys.readouterr().out
+    assert "judge (blind): no verdict to rate (0 PASS of 0 verdicts); 2 answers gave no verdict; 2 images not judged" \
+        in log
+    report = json.loads(out.read_text())
+    rows = {row["file"]: row for row in report["images"]}
+    for name in (SAGE_FACE, "loose.png"):
+        assert rows[name]["judge"]["verdict"] == "NO_VERDICT" and rows[name]["judge"]["raw"]
+        assert rows[name]["judge_error"] is None and rows[name]["errors"] == []
+    assert "not in the users table" in rows["user_0000009_hate_x_00001_u.png"]["judge_error"]
+    assert "has no attributes for the judge" in rows["nobody.png"]["judge_error"]
+    assert rows["nobody.png"]["judge"] is None and rows["nobody.png"]["errors"] == []  # NudeNet's result stands
+    summary = report["summary"]
+    assert (summary["pass_rate"], summary["judged"], summary["no_verdict"], summary["judge_errors"]) == (None, 0, 2, 2)
+    assert summary["quality_mean"] is None and summary["nudenet_rate"] == 0.0
+    assert report["settings"]["judge"]["mode"] == "blind" and report["settings"]["judge"]["max_new_tokens"] == 8
+    with (tmp_path / "report.csv").open(newline="") as handle:
+        csv_rows = {row["file"]: row for row in csv.DictReader(handle)}
+    assert csv_rows["loose.png"]["judge_verdict"] == "NO_VERDICT" and csv_rows["nobody.png"]["judge_verdict"] == ""
+    header = (tmp_path / "report_summary.csv").read_text().splitlines()[0]
+    assert ",pass_rate,judged,passed,no_verdict,judge_errors,quality_mean,appropriateness_mean," in header
+
+
+def test_score_with_clip_score_and_fid(tmp_path, capsys, one_thread):
+    """CLIPScore from the captions of a --labels mapping and FID against a folder of reference images, each the
+    same number as the library computes directly (float64 distance on float32 features: the same code path, so
+    equal to rounding of the one summation order, 1e-9 relative)."""
+    from test_evaluation_clip_score import TEXT, VISION as CLIP_VISION
+    from test_evaluation_fid import calibrated_fid_state
+    from transformers import CLIPConfig, CLIPModel
+
+    from psa_core.evaluation import CLIPScorer, FIDFeatureExtractor, compute_statistics, frechet_distance
+    from psa_core.evaluation.fid import statistics_from_features
+    from testkit.models import write_tokenizer
+
+    torch.manual_seed(0)
+    clip = tmp_path / "tiny-clip"
+    CLIPModel(CLIPConfig(text_config=TEXT, vision_config=CLIP_VISION, projection_dim=24)).eval().save_pretrained(clip)
+    write_tokenizer(clip)
+    weights = tmp_path / "pt_inception.pth"
+    torch.save(calibrated_fid_state(), weights)
+    rng = np.random.default_rng(1)
+    images, reference = tmp_path / "images", tmp_path / "reference"
+    images.mkdir()
+    reference.mkdir()
+    names = [f"image_{i}.png" for i in range(4)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(images / name)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(reference / f"ref_{i}.png")
+    captions = ["a red house", "two dogs", "a city at night", None]  # the last image has no caption
+    profiles = ["level_0", "level_0", "level_0", "level_3"]
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "caption", "profile"])
+        writer.writerows([name, caption or "", profile] for name, caption, profile in zip(names, captions, profiles))
+    out = tmp_path / "report" / "r.json"
+    assert main(["score", "--images", str(images), "--out", str(out), "--labels", str(labels), "--clip-score",
+                 str(clip), "--fid-weights", str(weights), "--fid-reference", str(reference), "--device", "cpu"]) == 0
+    logged = capsys.readouterr().out
+    assert "CLIPScore" in logged and "over 3 images with a caption" in logged and "FID" in logged
+    report = json.loads(out.read_text())
+    by_file = {r["file"]: r for r in report["images"]}
+    expected = CLIPScorer.from_folder(clip).clip_score([images / n for n in names[:3]], captions[:3])
+    assert [by_file[n]["clip_score"] for n in names[:3]] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert by_file[names[3]]["clip_score"] is None
+    summary = report["summary"]
+    assert summary["clip_scored"] == 3 and summary["clip_score_mean"] == pytest.approx(np.mean(expected), rel=1e-9)
+    extractor = FIDFeatureExtractor.from_file(weights)
+    features = extractor.features([images / n for n in names])
+    reference_stats = compute_statistics(sorted(reference.iterdir()), extractor)
+    overall = frechet_distance(*statistics_from_features(features), *reference_stats)
+    level_0 = frechet_distance(*statistics_from_features(features[:3]), *reference_stats)
+    assert summary["fid"] == pytest.approx(overall, rel=1e-9)
+    rows = {row["profile"]: row for row in summary["profiles"]}
+    assert rows["level_0"]["fid"] == pytest.approx(level_0, rel=1e-9) and rows["level_3"]["fid"] is None  # 1 image
+    assert report["settings"]["fid"]["fid_variant"] == "pytorch-fid" and report["settings"]["clip_score"]
+    with Image.open(out.with_suffix(".png")) as chart:
+        assert chart.height > 400  # the bars and, below them, the safety-quality trade-off
+    with open(out.with_name("r_summary.csv"), newline="") as handle:
+        assert {"clip_score_mean", "fid"} <= set(next(csv.reader(handle)))

@@ -54,7 +54,8 @@ def test_mapping_then_folder_profile_then_name(tmp_path):
                             "user_0000001_hate_x_00001_u.jpg,a caption,42\n"
                             "other.png,,7\n")
     mapping = read_label_mapping(mapping_file)
-    assert mapping["other.png"] == {"profile": "0000007", "category": None}
+    assert mapping["other.png"] == {"profile": "0000007", "category": None, "caption": None}
+    assert mapping["user_0000001_hate_x_00001_u.jpg"]["caption"] == "a caption"  # for CLIPScore and the judge
     sage = "user_0000001_hate_x_00001_u.jpg"
     assert label_for(sage, mapping) == ("0000042", "Hate")             # mapping's user, name's category
     assert label_for(sage, None, "level_3") == ("level_3", "Hate")     # --profile over the name's user
@@ -67,7 +68,7 @@ def test_mapping_then_folder_profile_then_name(tmp_path):
     mapping = read_label_mapping(json_file)
     assert label_for("a.png", mapping) == ("level_1", "Violence") and label_for("b.png", mapping) == (UNKNOWN, "nudity")
     json_file.write_text(json.dumps([{"file": "dir/c.png", "profile": "p"}]))
-    assert read_label_mapping(json_file) == {"c.png": {"profile": "p", "category": None}}
+    assert read_label_mapping(json_file) == {"c.png": {"profile": "p", "category": None, "caption": None}}
 
 
 @pytest.mark.parametrize("text, message", [

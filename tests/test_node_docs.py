@@ -11,7 +11,7 @@ EXPECTED_IDS = {
     "PSAUserProfile", "PSAProfileFromJSON", "PSAEncodeProfile", "PSASaveEmbedding", "PSAEmbeddingBatch",
     "PSALoadPromptPairs", "PSASavePreferencePair", "PSARewritePrompt",
     "PSALoadSageDataset", "PSATrainAdapter", "PSASaveAdapter",
-    "PSASafetyCheck",
+    "PSASafetyCheck", "PSALoadJudge", "PSAJudgeImage",
 }
 
 

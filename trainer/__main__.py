@@ -1,6 +1,8 @@
 """`python -m trainer train ...` / `psa-trainer train ...`: train a PSA adapter (see `--help`);
 `python -m trainer build-data ...`: render a prompt-pair file into a preference dataset (see `build-data --help`);
+`python -m trainer generate ...`: render a prompt set per profile with a base model and a PSA adapter (`generate --help`);
 `python -m trainer score ...`: score a folder of images with NudeNet and Q16 into an InPro report (`score --help`);
+`python -m trainer compare ...`: judge the images of two folders pair by pair into a win-rate report (`compare --help`);
 `python -m trainer encode-profiles ...`: {User_ID}.npy embeddings from a local LLM (`encode-profiles --help`)."""
 from __future__ import annotations
 
@@ -28,10 +30,20 @@ def main(argv: list[str] | None = None) -> int:
 
             encode_profiles(argv[1:])
             return 0
+        if argv[:1] == ["generate"]:
+            from .generate import generate, parse_generate_args
+
+            generate(parse_generate_args(argv[1:]))
+            return 0
         if argv[:1] == ["score"]:
             from .score import parse_score_args, score
 
             score(parse_score_args(argv[1:]))
+            return 0
+        if argv[:1] == ["compare"]:
+            from .compare import compare, parse_compare_args
+
+            compare(parse_compare_args(argv[1:]))
             return 0
         config = parse_train_args(argv)
         from .train import train  # after the arguments are checked: it imports diffusers and Accelerate

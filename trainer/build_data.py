@@ -29,10 +29,14 @@ from psa_core.training.config import DEFAULT_RESOLUTION
 from .models import load_base_model
 
 SAMPLERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
+PIPELINE_SAMPLERS = ("default", "pndm", *SAMPLERS)  # what load_pipeline takes (generate offers all of them)
 
 # The SD1.5/SDXL training schedule; single files carry no scheduler config (trainer/models.py uses the same).
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                "prediction_type": "epsilon", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
+# What the published SD1.5 (PNDM) and SDXL (Euler discrete) scheduler configs add to that schedule.
+DEFAULT_SCHEDULE_EXTRAS = {"sd15": {"skip_prk_steps": True},
+                           "sdxl": {"timestep_spacing": "leading", "interpolation_type": "linear"}}
 
 
 @dataclass
@@ -103,13 +107,24 @@ def parse_build_args(argv: list[str]) -> BuildConfig:
     return BuildConfig(**args).validate()
 
 
-def _scheduler(name: str, config: dict):
+def _scheduler(name: str, config: dict, family: str):
+    import diffusers
     from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           EulerDiscreteScheduler)
+                           EulerDiscreteScheduler, PNDMScheduler)
 
     classes = {"euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler,
-               "dpmpp_2m": DPMSolverMultistepScheduler}
-    return classes[name].from_config(config)
+               "dpmpp_2m": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
+    if name != "default":
+        return classes[name].from_config(config)
+    class_name = config.get("_class_name")
+    if class_name is None:  # a single file: the scheduler each family's published folder ships
+        return (PNDMScheduler if family == "sd15" else EulerDiscreteScheduler).from_config(
+            {**config, **DEFAULT_SCHEDULE_EXTRAS[family]})
+    scheduler_class = getattr(diffusers, str(class_name), None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
+        raise TrainingError(f"scheduler/scheduler_config.json names {class_name!r}, not a diffusers scheduler; "
+                            f"use --sampler with one of: {', '.join(PIPELINE_SAMPLERS[1:])}")
+    return scheduler_class.from_config(config)
 
 
 def _schedule_config(base_model: Path) -> dict:
@@ -117,22 +132,25 @@ def _schedule_config(base_model: Path) -> dict:
     return json.loads(file.read_text()) if base_model.is_dir() and file.is_file() else dict(SD_SCHEDULE)
 
 
-def make_pipeline(config: BuildConfig):
-    """A diffusers pipeline from the trainer's model loading (no Hub access): (pipeline, family, precision)."""
+def load_pipeline(base_model: str, family: str = "auto", tokenizer: str | None = None, sampler: str = "euler",
+                  device: str = "auto", precision: str = "auto"):
+    """A diffusers pipeline from the trainer's model loading (no Hub access): (pipeline, family, precision).
+    `sampler` is one of PIPELINE_SAMPLERS; `default` is the model folder's own scheduler (PNDM for an SD1.5 single
+    file, Euler discrete for SDXL, as their published folders have)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    torch_device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
+                                else "cpu")
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda but no CUDA device is available; use --device cpu")
-    precision = config.precision if config.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    if precision == "fp16" and device.type == "cpu":
+    precision = precision if precision != "auto" else ("fp16" if torch_device.type == "cuda" else "fp32")
+    if precision == "fp16" and torch_device.type == "cpu":
         raise TrainingError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
-    base = load_base_model(config.base_model, config.family, config.tokenizer, PRECISION_DTYPES[precision])
+    base = load_base_model(base_model, family, tokenizer, PRECISION_DTYPES[precision])
     encoders = base.load_encoders()
-    for tokenizer, encoder in zip(encoders.tokenizers, encoders.text_encoders):  # tokenizer files may not say 77
-        tokenizer.model_max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
-    scheduler = _scheduler(config.sampler, _schedule_config(Path(config.base_model)))
+    for text_tokenizer, encoder in zip(encoders.tokenizers, encoders.text_encoders):  # tokenizer files may not say 77
+        text_tokenizer.model_max_length = min(text_tokenizer.model_max_length, encoder.config.max_position_embeddings)
+    scheduler = _scheduler(sampler, _schedule_config(Path(base_model)), base.family_name)
     if base.family_name == "sd15":
         pipeline = StableDiffusionPipeline(vae=encoders.vae, text_encoder=encoders.text_encoders[0],
                                            tokenizer=encoders.tokenizers[0], unet=base.unet, scheduler=scheduler,
@@ -142,9 +160,15 @@ def make_pipeline(config: BuildConfig):
                                              text_encoder_2=encoders.text_encoders[1],
                                              tokenizer=encoders.tokenizers[0], tokenizer_2=encoders.tokenizers[1],
                                              unet=base.unet, scheduler=scheduler, add_watermarker=False)
-    pipeline.to(device) if precision == "fp32" else pipeline.to(device, PRECISION_DTYPES[precision])
+    pipeline.to(torch_device) if precision == "fp32" else pipeline.to(torch_device, PRECISION_DTYPES[precision])
     pipeline.set_progress_bar_config(disable=True)
     return pipeline, base.family_name, precision
+
+
+def make_pipeline(config: BuildConfig):
+    """build-data's pipeline: `load_pipeline` with the config's model, sampler, device and precision."""
+    return load_pipeline(config.base_model, config.family, config.tokenizer, config.sampler, config.device,
+                         config.precision)
 
 
 def render_pair(pipeline, unsafe_prompt: str, safe_prompt: str, seed: int, steps: int, guidance: float, width: int,

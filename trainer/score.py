@@ -5,6 +5,11 @@ Every flag is checked before a model is loaded; a problem is one message naming 
 (exit code 2). The report goes to `--out REPORT.json`, with REPORT.csv (one row per image), REPORT_summary.csv and
 REPORT.png (InPro per profile and category) beside it, each written atomically. An image that cannot be read is
 an error in the report, counted and left out of every rate; the run goes on and says how many there were.
+
+With `--judge DIR` a local vision-language model also judges every image for its profile (pass rate; blind prompt
+by default, `--judge-mode reference` for the paper's); the attributes of numeric User_IDs come from the users table
+`--profiles users.csv`, those of level_0..level_5 from the evaluation users. An image whose profile has no
+attributes is not judged (`judge_error`), never given a verdict.
 """
 from __future__ import annotations
 
@@ -17,20 +22,34 @@ from pathlib import Path
 
 from psa_core.evaluation import (
     EvaluationError,
-    ImageItem,
     build_report,
+    clip_score_images,
+    fid_by_profile,
     image_files,
-    label_for,
+    judge_images,
+    profile_for_label,
     read_label_mapping,
     score_images,
     write_report,
 )
+from psa_core.evaluation.clip_score import CLIP_SCORE_MODEL
+from psa_core.evaluation.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
+from psa_core.evaluation.image_sets import folder_items
 from psa_core.evaluation.images import IMAGE_SUFFIXES
+from psa_core.evaluation.judge import (
+    DEFAULT_MAX_NEW_TOKENS,
+    MAX_NEW_TOKENS_LIMIT,
+    check_judge_folder,
+)
+from psa_core.evaluation.judge_prompts import BLIND, MODES
 from psa_core.evaluation.labels import check_label
 from psa_core.evaluation.q16_prompts import SUFFIXES as PROMPT_SUFFIXES
 from psa_core.precision import PRECISION_DTYPES, PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
+LABEL_RULE = ("Profile and category of each image: a --labels mapping, then the generation.csv of a `generate` "
+              "folder, then --profile, then SAGE image names (user_<7 digits>_<category>_..._<5 digits>_u.jpg), "
+              "else 'unknown'")
 MAX_BATCH = 1024
 
 
@@ -40,12 +59,19 @@ class ScoreConfig:
     out: str
     clip: str | None = None
     q16_prompts: str | None = None
+    labels: str | None = None
     profiles: str | None = None
     profile: str | None = None
     batch: int = 8
     device: str = "auto"
     precision: str = "auto"
     nudenet_model: str | None = None
+    judge: str | None = None
+    judge_mode: str = BLIND
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    clip_score: str | None = None
+    fid_weights: str | None = None
+    fid_reference: str | None = None
 
     def validate(self) -> ScoreConfig:
         for name, value, allowed in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS)):
@@ -78,9 +104,10 @@ class ScoreConfig:
                                       f"{', '.join(PROMPT_SUFFIXES)}")
             if not prompts.is_file():
                 raise EvaluationError(f"--q16-prompts {self.q16_prompts}: file not found")
-        if self.profiles is not None and Path(self.profiles).suffix.lower() not in (".csv", ".json"):
-            raise EvaluationError(f"--profiles {self.profiles}: allowed: a .csv or .json mapping of image file "
+        if self.labels is not None and Path(self.labels).suffix.lower() not in (".csv", ".json"):
+            raise EvaluationError(f"--labels {self.labels}: allowed: a .csv or .json mapping of image file "
                                   f"names to profile and category")
+        check_judge_flags(self)
         if self.profile is not None:
             self.profile = check_label(self.profile, "--profile")
         if not 1 <= self.batch <= MAX_BATCH:
@@ -90,7 +117,28 @@ class ScoreConfig:
                                   f"model (default: the 320n model inside the nudenet package)")
         if self.precision == "fp16" and self.device == "cpu":
             raise EvaluationError("--precision fp16 needs --device cuda; allowed on the CPU: auto, fp32, bf16")
+        self._check_quality_flags()
         return self
+
+    def _check_quality_flags(self) -> None:
+        if self.clip_score is not None and not (Path(self.clip_score) / "config.json").is_file():
+            raise EvaluationError(f"--clip-score {self.clip_score}: allowed: a local transformers CLIPModel folder "
+                                  f"with config.json and its tokenizer (e.g. {CLIP_SCORE_MODEL}; nothing is "
+                                  f"downloaded)")
+        if (self.fid_weights is None) != (self.fid_reference is None):
+            given, missing = ("--fid-weights", "--fid-reference") if self.fid_weights else \
+                ("--fid-reference", "--fid-weights")
+            raise EvaluationError(f"{given} needs {missing}: FID compares the images' Inception features with a "
+                                  f"reference set's (an .npz of mu and sigma, or a folder of reference images)")
+        if self.fid_weights is not None and not Path(self.fid_weights).is_file():
+            raise EvaluationError(f"--fid-weights {self.fid_weights}: file not found; allowed: pytorch-fid's "
+                                  f"{FID_WEIGHTS_FILE} (or a .safetensors copy), which you download yourself from "
+                                  f"{FID_WEIGHTS_URL}")
+        if self.fid_reference is not None:
+            reference = Path(self.fid_reference)
+            if not (reference.is_dir() or (reference.is_file() and reference.suffix.lower() == ".npz")):
+                raise EvaluationError(f"--fid-reference {self.fid_reference}: allowed: an .npz with arrays mu and "
+                                      f"sigma (pytorch-fid's --save-stats format) or a folder of reference images")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,20 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="psa-trainer score", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Score a folder of images with NudeNet (its 320n detector) and, with --clip and --q16-prompts, "
-                    "Q16, and write the InPro report (JSON, CSV, PNG). Profile and category of each image: --profiles "
-                    "mapping, then --profile, then SAGE image names (user_<7 digits>_<category>_..._<5 digits>_u.jpg), "
-                    "else 'unknown'. See docs/evaluation.md.")
+                    "Q16, and with --judge a local vision-language judge (pass rate), and write the report (JSON, "
+                    f"CSV, PNG). {LABEL_RULE}. See docs/evaluation.md.")
     parser.add_argument("--images", required=True, help="folder of images (.png .jpg .jpeg .webp .bmp; sub-folders "
-                        "are not searched)")
+                        "are not searched), or an output folder of `python -m trainer generate` (its generation.csv "
+                        "lists the images, their profiles, categories and captions)")
     parser.add_argument("--out", required=True, help="the report, REPORT.json; REPORT.csv, REPORT_summary.csv and "
                         "REPORT.png go beside it (replaced when they exist)")
     parser.add_argument("--clip", help="local transformers CLIP ViT-L/14 folder (e.g. openai/clip-vit-large-patch14) "
                         "for Q16; needs --q16-prompts")
     parser.add_argument("--q16-prompts", help="Q16 prompt embeddings, 2 x 768: .npy, .safetensors, or the reference "
                         "prompts.p (read as a plain numeric array only)")
-    parser.add_argument("--profiles", help="mapping of image file names to profile and category: .csv (header with "
+    parser.add_argument("--labels", help="mapping of image file names to profile and category: .csv (header with "
                         "file or file_name, profile or user_id, category) or .json")
-    parser.add_argument("--profile", help="the profile of every image not in --profiles, e.g. level_3 for a set "
+    parser.add_argument("--profiles", help="users table (users.csv format) giving the judge the attributes of "
+                        "numeric User_IDs (level_0..level_5 need none)")
+    parser.add_argument("--profile", help="the profile of every image not in --labels, e.g. level_3 for a set "
                         "generated with one user (file names' User_IDs are then ignored)")
     parser.add_argument("--batch", type=int, default=d.batch, help="images per Q16 batch")
     parser.add_argument("--device", default=d.device, help=f"device for CLIP: {', '.join(DEVICES)} (NudeNet runs "
@@ -124,7 +174,93 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=d.precision, help=f"CLIP weights: {', '.join(PRECISIONS)} (auto: fp16 "
                         f"on a GPU, fp32 on the CPU); Q16's formula always runs in float32")
     parser.add_argument("--nudenet-model", help="another NudeNet .onnx model (default: 320n.onnx inside the package)")
+    add_judge_arguments(parser, d)
+    parser.add_argument("--clip-score", help=f"local transformers CLIPModel folder for CLIPScore (the paper: "
+                        f"{CLIP_SCORE_MODEL}); each image's caption comes from generation.csv or the --labels "
+                        f"mapping's caption column")
+    parser.add_argument("--fid-weights", help=f"pytorch-fid's Inception weights, {FID_WEIGHTS_FILE} (download it "
+                        f"yourself; nothing is downloaded); needs --fid-reference")
+    parser.add_argument("--fid-reference", help="the FID reference: an .npz with arrays mu and sigma, or a folder "
+                        "of reference images; FID is reported overall and per profile")
     return parser
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser, defaults, judge_help: str | None = None,
+                        compare: bool = False) -> None:
+    """--judge and --max-new-tokens, and score's --judge-mode (compare has its own --mode)."""
+    parser.add_argument("--judge", required=compare, help=judge_help or "local vision-language model folder "
+                        "(Qwen2-VL / Qwen2.5-VL style, loaded by transformers from local files only) that judges "
+                        "every image (pass rate)")
+    if not compare:
+        parser.add_argument("--judge-mode", default=defaults.judge_mode, help=f"judge prompt: {', '.join(MODES)} "
+                            f"(blind: neutral wording; reference: the paper's)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="most tokens the judge "
+                        "writes per answer (greedy decoding)")
+
+
+def check_judge_flags(config) -> None:
+    """The judge's flags of `score` and `compare`: mode, token limit, the model folder and the users table."""
+    if config.judge_mode not in MODES:
+        raise EvaluationError(f"--judge-mode {config.judge_mode!r} is not allowed; allowed: {', '.join(MODES)}")
+    if not 1 <= config.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise EvaluationError(f"--max-new-tokens {config.max_new_tokens} is not allowed; allowed: 1 to "
+                              f"{MAX_NEW_TOKENS_LIMIT}")
+    if config.judge is not None:
+        try:
+            check_judge_folder(config.judge)
+        except EvaluationError as error:
+            raise EvaluationError(f"--judge {config.judge}: {str(error).split(': ', 1)[-1]}") from None
+    if config.profiles is not None:
+        path = Path(config.profiles)
+        if path.suffix.lower() != ".csv" or not path.is_file():
+            raise EvaluationError(f"--profiles {config.profiles}: allowed: an existing users table, a .csv in the "
+                                  f"users.csv format (columns Age, Age_Group, Gender, Religion, Physical_Condition, "
+                                  f"Mental_Condition, Banned_Categories, Allowed_Categories)")
+
+
+def read_users(config) -> dict | None:
+    """The users table of --profiles, or None; a problem with it is one message naming the flag."""
+    from psa_core.profile import ProfileError, read_users_table
+
+    if config.profiles is None:
+        return None
+    try:
+        return read_users_table(config.profiles)
+    except ProfileError as error:
+        raise EvaluationError(f"--profiles {config.profiles}: {error}") from None
+
+
+def judge_profiles(labels, users) -> list:
+    """Each label's UserProfile, or the text of why it has none (profile_for_label)."""
+    profiles = []
+    for label in labels:
+        try:
+            profiles.append(profile_for_label(label, users))
+        except EvaluationError as error:
+            profiles.append(str(error))
+    return profiles
+
+
+def resolve_device(config, what: str) -> tuple[str, object]:
+    """(device, dtype) for a model of `config.device` and `config.precision`; auto: the GPU in fp16 (`what` bf16
+    where it says so), else the CPU in fp32."""
+    import torch
+
+    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if cuda and not torch.cuda.is_available():
+        raise EvaluationError("--device cuda but no CUDA device is available; allowed here: auto, cpu")
+    automatic = "bf16" if what == "judge" and cuda and torch.cuda.is_bf16_supported() else "fp16" if cuda else "fp32"
+    precision = config.precision if config.precision != "auto" else automatic
+    if precision == "fp16" and not cuda:
+        raise EvaluationError("--precision fp16 needs a GPU; allowed on the CPU: auto, fp32, bf16")
+    return ("cuda" if cuda else "cpu"), PRECISION_DTYPES[precision]
+
+
+def make_judge(config):
+    from psa_core.evaluation import VLMJudge
+
+    device, dtype = resolve_device(config, "judge")
+    return VLMJudge.from_folder(config.judge, device, dtype, max_new_tokens=config.max_new_tokens)
 
 
 def parse_score_args(argv: list[str]) -> ScoreConfig:
@@ -132,20 +268,41 @@ def parse_score_args(argv: list[str]) -> ScoreConfig:
 
 
 def _q16(config: ScoreConfig):
-    import torch
-
     from psa_core.evaluation import CLIPImageEmbedder, Q16Classifier, load_q16_prompts
 
     prompts = load_q16_prompts(config.q16_prompts)  # checked before the model loads
-    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if cuda and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda but no CUDA device is available; allowed here: auto, cpu")
-    precision = config.precision if config.precision != "auto" else ("fp16" if cuda else "fp32")
-    if precision == "fp16" and not cuda:
-        raise EvaluationError("--precision fp16 needs a GPU; allowed on the CPU: auto, fp32, bf16")
-    dtype = PRECISION_DTYPES[precision]
-    embedder = CLIPImageEmbedder.from_folder(config.clip, "cuda" if cuda else "cpu", dtype)
+    device, dtype = resolve_device(config, "clip")
+    embedder = CLIPImageEmbedder.from_folder(config.clip, device, dtype)
     return Q16Classifier(embedder, prompts)
+
+
+def _clip_scorer(config: ScoreConfig):
+    from psa_core.evaluation import CLIPScorer
+
+    device, dtype = resolve_device(config, "clip")
+    return CLIPScorer.from_folder(config.clip_score, device, dtype)
+
+
+def _fid(config: ScoreConfig, records, items) -> tuple[dict, dict]:
+    """FID overall and per profile against --fid-reference; pytorch-fid's network runs in float32."""
+    import torch
+
+    from psa_core.evaluation.fid import FIDFeatureExtractor, compute_statistics, load_statistics
+
+    device, _ = resolve_device(config, "clip")
+    extractor = FIDFeatureExtractor.from_file(config.fid_weights, device, torch.float32)
+    reference = Path(config.fid_reference)
+    if reference.is_dir():
+        paths = image_files(reference)
+        if len(paths) < 2:
+            raise EvaluationError(f"--fid-reference {reference}: {len(paths)} images; FID needs at least 2 (the "
+                                  f"paper: 10 000 COCO val2014 images)")
+        statistics = compute_statistics(paths, extractor)
+    else:
+        statistics = load_statistics(reference)
+    settings = {**extractor.settings(), "reference": str(reference.resolve()),
+                "reference_images": len(paths) if reference.is_dir() else None}
+    return fid_by_profile(records, items, extractor, statistics), settings
 
 
 def score(config: ScoreConfig, log=print, progress: bool | None = None) -> dict:
@@ -154,26 +311,36 @@ def score(config: ScoreConfig, log=print, progress: bool | None = None) -> dict:
 
     from psa_core.evaluation import NudeNetDetector
 
-    mapping = read_label_mapping(config.profiles) if config.profiles else None
-    files = image_files(config.images)
-    if not files:
-        raise EvaluationError(f"--images {config.images}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-    items = []
-    for path in files:
-        label = label_for(path.name, mapping, config.profile)
-        items.append(ImageItem(path.name, path, label.profile, label.category))
+    mapping = read_label_mapping(config.labels) if config.labels else None
+    users = read_users(config)
+    items = folder_items(config.images, mapping, config.profile)
     started = time.perf_counter()
     q16 = _q16(config) if config.clip else None  # the prompt file first: a refused one stops before any model loads
     nudenet = NudeNetDetector(config.nudenet_model)
+    judge = make_judge(config) if config.judge else None
     with tqdm(total=len(items), desc="score", unit="image", file=sys.stderr,
               disable=None if progress is None else not progress) as bar:  # None: shown on a terminal only
         records = score_images(items, nudenet, q16, config.batch, bar.update)
+    if judge is not None:
+        with tqdm(total=len(items), desc="judge", unit="image", file=sys.stderr,
+                  disable=None if progress is None else not progress) as bar:
+            judge_images(records, items, judge, judge_profiles([item.profile for item in items], users),
+                         config.judge_mode, [item.caption for item in items], progress=bar.update)
+    clip_scorer = _clip_scorer(config) if config.clip_score else None
+    if clip_scorer is not None:
+        with tqdm(total=sum(1 for item in items if item.caption), desc="clip score", unit="image", file=sys.stderr,
+                  disable=None if progress is None else not progress) as bar:
+            clip_score_images(records, items, clip_scorer, config.batch, bar.update)
+    fid, fid_settings = _fid(config, records, items) if config.fid_weights else (None, None)
     seconds = time.perf_counter() - started
     settings = {"images": str(Path(config.images).resolve()), "created": datetime.now(timezone.utc).isoformat(
                 timespec="seconds"), "seconds": round(seconds, 3), "config": asdict(config),
                 "nudenet": nudenet.settings(), "q16": q16.settings() if q16 else None,
-                "labels": "mapping (--profiles), then --profile, then SAGE image names, else 'unknown'"}
-    report = build_report(records, settings, nudenet=True, q16=q16 is not None)
+                "judge": None if judge is None else {**judge.settings(), "mode": config.judge_mode},
+                "clip_score": None if clip_scorer is None else clip_scorer.settings(), "fid": fid_settings,
+                "labels": LABEL_RULE}
+    report = build_report(records, settings, nudenet=True, q16=q16 is not None, judge=judge is not None,
+                          clip_score=clip_scorer is not None, fid=fid)
     paths = write_report(report, records, config.out)
     summary = report["summary"]
     inpro = "InPro not computed (needs --clip and --q16-prompts)" if summary["inpro"] is None else \
@@ -184,4 +351,22 @@ def score(config: ScoreConfig, log=print, progress: bool | None = None) -> dict:
         count = summary["errors"]
         log(f"score: {count} {'image' if count == 1 else 'images'} could not be scored (the errors are in the report; "
             f"left out of every rate)")
+    if judge is not None:
+        log(f"score: judge ({config.judge_mode}): {judge_summary_text(summary)}")
+        first = next((r.judge_error for r in records if r.judge_error), None)
+        if first:
+            log(f"score: {summary['judge_errors']} not judged, e.g. {first}")
+    if clip_scorer is not None:
+        mean = summary["clip_score_mean"]
+        log(f"score: CLIPScore {'-' if mean is None else f'{mean:.2f}'} over {summary['clip_scored']} images with a "
+            f"caption")
+    if fid is not None:
+        overall = summary["fid"]
+        log(f"score: FID {'-' if overall is None else f'{overall:.2f}'} overall (per profile: the summary)")
     return {"summary": summary, "paths": {key: str(value) for key, value in paths.items()}}
+
+
+def judge_summary_text(summary: dict) -> str:
+    rate = "no verdict to rate" if summary["pass_rate"] is None else f"pass rate {summary['pass_rate']:.3f}"
+    return (f"{rate} ({summary['passed']} PASS of {summary['judged']} verdicts); {summary['no_verdict']} answers "
+            f"gave no verdict; {summary['judge_errors']} images not judged")

@@ -6,21 +6,148 @@ Pure PyTorch/numpy/PIL; no ComfyUI import. Each scorer is usable alone:
   when one is made; `genitals_exposed` is NudeNet's half of InPro;
 - `Q16Classifier` (q16.py) on any image embedder, `CLIPImageEmbedder` from a local transformers CLIP folder, and
   `load_q16_prompts` (q16_prompts.py), which reads the prompt embeddings as a plain numeric array only;
-- `score_images` (scoring.py) records each image, and report.py summarises and writes them.
+- `score_images` (scoring.py) records each image, and report.py summarises and writes them;
+- `VLMJudge` (judge.py): a vision-language judge of one image (a Verdict, pass rate) or a pair (win rate), on a
+  local transformers model or any answer function; its prompts are in judge_prompts.py, its answers are read by
+  judge_answers.py.
 """
 from .errors import EvaluationError, ImageReadError, MissingDependencyError
 from .images import IMAGE_SUFFIXES, image_files, load_image
-from .labels import ImageLabel, label_for, read_label_mapping, sage_label
-from .nudenet_detector import CLASSES, GENITAL_CLASSES, Detection, NudeNetDetector, genitals_exposed
-from .q16 import CLIPImageEmbedder, Q16Classifier, Q16Result, clip_preprocess, q16_probabilities
+from .judge import PairVerdict, VLMJudge, check_judge_folder
+from .judge_answers import (
+    Assessment,
+    Comparison,
+    Verdict,
+    combine_orders,
+    parse_comparison,
+    parse_verdict,
+)
+from .judge_prompts import pair_prompt, single_prompt
+from .labels import (
+    ImageLabel,
+    label_for,
+    profile_for_label,
+    read_label_mapping,
+    sage_label,
+)
+from .nudenet_detector import (
+    CLASSES,
+    GENITAL_CLASSES,
+    Detection,
+    NudeNetDetector,
+    genitals_exposed,
+)
+from .q16 import (
+    CLIPImageEmbedder,
+    Q16Classifier,
+    Q16Result,
+    clip_preprocess,
+    q16_probabilities,
+)
 from .q16_prompts import Q16Prompts, load_pickled_array, load_q16_prompts
-from .report import build_report, report_paths, summarize, write_report
-from .scoring import ImageItem, ImageRecord, score_images
+from .report import (
+    build_comparison_report,
+    build_report,
+    report_paths,
+    summarize,
+    write_comparison_report,
+    write_report,
+)
+from .scoring import (
+    ImageItem,
+    ImageRecord,
+    PairRecord,
+    clip_score_images,
+    fid_by_profile,
+    compare_pairs,
+    judge_images,
+    score_images,
+)
 
 __all__ = [
-    "CLASSES", "CLIPImageEmbedder", "Detection", "EvaluationError", "GENITAL_CLASSES", "IMAGE_SUFFIXES", "ImageItem",
-    "ImageLabel", "ImageReadError", "ImageRecord", "MissingDependencyError", "NudeNetDetector", "Q16Classifier",
-    "Q16Prompts", "Q16Result", "build_report", "clip_preprocess", "genitals_exposed", "image_files", "label_for",
-    "load_image", "load_pickled_array", "load_q16_prompts", "q16_probabilities", "read_label_mapping",
-    "report_paths", "sage_label", "score_images", "summarize", "write_report",
+    "CLASSES",
+    "GENITAL_CLASSES",
+    "IMAGE_SUFFIXES",
+    "Assessment",
+    "CLIPImageEmbedder",
+    "Comparison",
+    "Detection",
+    "EvaluationError",
+    "ImageItem",
+    "ImageLabel",
+    "ImageReadError",
+    "ImageRecord",
+    "MissingDependencyError",
+    "NudeNetDetector",
+    "PairRecord",
+    "PairVerdict",
+    "Q16Classifier",
+    "Q16Prompts",
+    "Q16Result",
+    "VLMJudge",
+    "Verdict",
+    "build_comparison_report",
+    "build_report",
+    "check_judge_folder",
+    "clip_preprocess",
+    "combine_orders",
+    "compare_pairs",
+    "genitals_exposed",
+    "image_files",
+    "judge_images",
+    "label_for",
+    "load_image",
+    "load_pickled_array",
+    "load_q16_prompts",
+    "pair_prompt",
+    "parse_comparison",
+    "parse_verdict",
+    "profile_for_label",
+    "q16_probabilities",
+    "read_label_mapping",
+    "report_paths",
+    "sage_label",
+    "score_images",
+    "single_prompt",
+    "summarize",
+    "write_comparison_report",
+    "write_report",
 ]
+
+# CLIPScore and FID (clip_score.py, fid.py)
+from .clip_score import (
+    CLIPScorer,
+    CLIPScoreSummary,
+    clip_scores_from_embeddings,
+    summarize_clip_scores,
+)
+from .fid import (
+    FID_WEIGHTS_FILE,
+    FIDFeatureExtractor,
+    build_fid_inception,
+    compute_statistics,
+    fid_preprocess,
+    frechet_distance,
+    load_fid_inception,
+    load_statistics,
+    save_statistics,
+    statistics_from_features,
+)
+
+__all__ += [
+    "FID_WEIGHTS_FILE",
+    "CLIPScoreSummary",
+    "CLIPScorer",
+    "FIDFeatureExtractor",
+    "build_fid_inception",
+    "clip_scores_from_embeddings",
+    "compute_statistics",
+    "fid_preprocess",
+    "frechet_distance",
+    "load_fid_inception",
+    "load_statistics",
+    "save_statistics",
+    "statistics_from_features",
+    "summarize_clip_scores",
+]
+__all__ += ["clip_score_images", "fid_by_profile"]

@@ -2,8 +2,8 @@
 
 For each image, first match wins:
 
-- **profile**: the mapping file's row for the image; the one profile given for the whole folder (`--profile`,
-  e.g. `level_3` for a set generated with one level user, whose file names still carry the prompt rows' own
+- **profile**: the mapping file's row (`--labels`) for the image; the one profile given for the whole folder
+  (`--profile`, e.g. `level_3` for a set generated with one level user, whose file names still carry the prompt rows' own
   users); the User_ID of a SAGE image name; otherwise `unknown`.
 - **category**: the mapping file's row; the category of a SAGE image name; otherwise `unknown`.
 
@@ -11,9 +11,13 @@ SAGE image names are `user_<7 digits>_<category>_<concept words joined by _>_<5 
 of the seven in lower case (`self-harm`), ext jpg, jpeg, png or webp. The seven categories are stored in their
 canonical spelling (`Self-Harm`); other labels (another benchmark's own categories) are kept as written.
 
+A judge needs the attributes behind a profile label (`profile_for_label`): `level_0`..`level_5` are the evaluation
+users (psa_core.profile.EVALUATION_USERS), a 7-digit User_ID is looked up in a users table (`--profiles
+users.csv`); any other label has no attributes and cannot be judged.
+
 A mapping file is a `.csv` with a header row, or a `.json` list of objects (or one object keyed by file name),
 with `file` (or `file_name`) and at least one of `profile` (or `user_id`; a number is zero-padded to 7 digits, as
-in the SAGE prompt sets) and `category`. So `--profiles sage_unseen.csv` labels images named after its rows.
+in the SAGE prompt sets) and `category`. So `--labels sage_unseen.csv` labels images named after its rows.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import NamedTuple
 
 from ..errors import shown
 from ..json_text import JSONTextError, parse_json
-from ..profile import CATEGORIES
+from ..profile import CATEGORIES, EVALUATION_USERS, USER_ID_DIGITS, UserProfile
 from .errors import EvaluationError
 
 UNKNOWN = "unknown"
@@ -91,47 +95,50 @@ def _row_label(row: dict, where: str) -> tuple[str, ImageLabel | dict]:
     profile = _profile_value(row, where)
     category = row.get("category")
     category = canonical_category(check_label(category, f"{where}: category")) if category not in (None, "") else None
-    if profile is None and category is None:
-        raise EvaluationError(f"{where}: neither a profile (or user_id) nor a category")
-    return Path(name.strip()).name, {"profile": profile, "category": category}
+    caption = row.get("caption")
+    caption = caption if isinstance(caption, str) and caption.strip() else None
+    if profile is None and category is None and caption is None:
+        raise EvaluationError(f"{where}: neither a profile (or user_id), a category nor a caption")
+    return Path(name.strip()).name, {"profile": profile, "category": category, "caption": caption}
 
 
 def read_label_mapping(path: str | Path) -> dict[str, dict]:
-    """{image file name: {"profile": str | None, "category": str | None}} from a mapping file (module docstring)."""
+    """{image file name: {"profile": str | None, "category": str | None, "caption": str | None}} from a mapping file
+    (module docstring); the caption is what CLIPScore and the judge's blind prompt read."""
     path = Path(path)
     if not path.is_file():
-        raise EvaluationError(f"--profiles {path}: file not found")
+        raise EvaluationError(f"--labels {path}: file not found")
     if path.stat().st_size > MAX_MAPPING_BYTES:
-        raise EvaluationError(f"--profiles {path.name}: larger than {MAX_MAPPING_BYTES} bytes")
+        raise EvaluationError(f"--labels {path.name}: larger than {MAX_MAPPING_BYTES} bytes")
     suffix = path.suffix.lower()
     rows: list[tuple[str, dict]] = []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"--profiles {path.name}: cannot be read as UTF-8 text ({error})") from None
+        raise EvaluationError(f"--labels {path.name}: cannot be read as UTF-8 text ({error})") from None
     if suffix == ".csv":
         try:
             reader = csv.DictReader(text.splitlines())
             for number, row in enumerate(reader, start=2):
                 rows.append((f"{path.name} line {number}", row))
         except csv.Error as error:
-            raise EvaluationError(f"--profiles {path.name}: not valid CSV ({error})") from None
+            raise EvaluationError(f"--labels {path.name}: not valid CSV ({error})") from None
     elif suffix == ".json":
         try:
             data = parse_json(text)
         except JSONTextError as error:
-            raise EvaluationError(f"--profiles {path.name}: not valid JSON ({error})") from None
+            raise EvaluationError(f"--labels {path.name}: not valid JSON ({error})") from None
         if isinstance(data, dict):
             data = [{"file": key, **value} if isinstance(value, dict) else value for key, value in data.items()]
         if not isinstance(data, list):
-            raise EvaluationError(f"--profiles {path.name}: expected a list of objects or an object keyed by file name")
+            raise EvaluationError(f"--labels {path.name}: expected a list of objects or an object keyed by file name")
         for number, row in enumerate(data, start=1):
             if not isinstance(row, dict):
-                raise EvaluationError(f"--profiles {path.name} entry {number}: expected an object, found "
+                raise EvaluationError(f"--labels {path.name} entry {number}: expected an object, found "
                                       f"{type(row).__name__}")
             rows.append((f"{path.name} entry {number}", row))
     else:
-        raise EvaluationError(f"--profiles {path.name}: allowed: a .csv or .json mapping of file names to profile "
+        raise EvaluationError(f"--labels {path.name}: allowed: a .csv or .json mapping of file names to profile "
                               f"and category")
     mapping: dict[str, dict] = {}
     for where, row in rows:
@@ -147,3 +154,20 @@ def label_for(name: str, mapping: dict[str, dict] | None = None, profile: str | 
     listed = (mapping or {}).get(name, {})
     sage = sage_label(name) or ImageLabel(UNKNOWN, UNKNOWN)
     return ImageLabel(listed.get("profile") or profile or sage.profile, listed.get("category") or sage.category)
+
+
+def profile_for_label(label: str, users: dict[str, UserProfile] | None = None) -> UserProfile:
+    """The profile a judge reads for the label `label` (module docstring); EvaluationError when it has none."""
+    if label in EVALUATION_USERS:
+        return EVALUATION_USERS[label]
+    if len(label) == USER_ID_DIGITS and label.isdigit():
+        if users is None:
+            raise EvaluationError(f"profile {label}: a User_ID needs a users table (--profiles users.csv) to give "
+                                  f"the judge its attributes")
+        if label not in users:
+            raise EvaluationError(f"profile {label}: not in the users table ({len(users)} users"
+                                  f"{f', {min(users)} to {max(users)}' if users else ''})")
+        return users[label]
+    levels = ", ".join(EVALUATION_USERS)
+    raise EvaluationError(f"profile {label!r} has no attributes for the judge; allowed: {levels}, or a 7-digit "
+                          f"User_ID of the users table (--profiles)")

@@ -58,6 +58,19 @@ def clip_preprocess(image: Image.Image, size: int = CLIP_SIZE) -> torch.Tensor:
     return ((pixels - mean) / std).contiguous()
 
 
+def clip_folder_model_type(folder: Path, option: str, wanted: str) -> str | None:
+    """The `model_type` in a transformers folder's config.json; `option` and `wanted` (what to give instead) name
+    the folder in the error when there is none or it cannot be read."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise EvaluationError(f"{option} {folder}: not a transformers model folder (no config.json); give a local "
+                              f"{wanted}")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise EvaluationError(f"{option} {folder}: config.json cannot be read ({str(error)[:200]})") from None
+
+
 def q16_probabilities(image_embeds: torch.Tensor, prompts: torch.Tensor | np.ndarray) -> torch.Tensor:
     """softmax(100 · normalise(f) · normalise(P)ᵀ) for `image_embeds` [N, D] and `prompts` [2, D], in float32
     (float64 when the embeddings are float64). Returns [N, 2]."""
@@ -127,14 +140,8 @@ class CLIPImageEmbedder:
                     dtype: torch.dtype = torch.float32) -> CLIPImageEmbedder:
         """A transformers CLIP folder (config.json + weights) on disk; nothing is downloaded."""
         folder = Path(folder)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise EvaluationError(f"--clip {folder}: not a transformers model folder (no config.json); give a local "
-                                  f"CLIP ViT-L/14 folder such as openai/clip-vit-large-patch14")
-        try:
-            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-            raise EvaluationError(f"--clip {folder}: config.json cannot be read ({str(error)[:200]})") from None
+        model_type = clip_folder_model_type(folder, "--clip",
+                                            "CLIP ViT-L/14 folder such as openai/clip-vit-large-patch14")
         from transformers import CLIPModel, CLIPVisionModelWithProjection
 
         classes = {"clip": CLIPModel, "clip_vision_model": CLIPVisionModelWithProjection}

@@ -1,0 +1,77 @@
+"""The images a scoring or comparison run reads from a folder, and how two folders pair up (docs/evaluation.md §8).
+
+A folder is either an output folder of `python -m trainer generate` (it holds `generation.csv`: each image's
+path `<profile>/<name>.png`, profile, category and caption come from it) or a flat folder of images, labelled by
+the rules of labels.py. A `--labels` mapping row, looked up by the image's path in the folder and then by its file
+name, overrides either.
+
+Pairs (compare): images of the same profile and file name. An image of a run without adapter (generate's profile
+`base`) is every profile's baseline: it pairs with each profile's image of the same name. Flat folders pair by file
+name, the labels taken from the second folder's image.
+"""
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from .errors import EvaluationError
+from .generation import BASE_PROFILE, MANIFEST_NAME, read_generation_manifest
+from .images import IMAGE_SUFFIXES, image_files
+from .labels import UNKNOWN, canonical_category, check_label, label_for
+from .scoring import ImageItem
+
+
+def is_generation_folder(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def folder_items(folder: str | Path, mapping: dict[str, dict] | None = None, profile: str | None = None,
+                 flag: str = "--images") -> list[ImageItem]:
+    """The images of `folder` as ImageItems (module docstring); EvaluationError naming `flag` when there are none or
+    the manifest lists images that are not there."""
+    folder = Path(folder)
+    if is_generation_folder(folder):
+        items = []
+        missing = []
+        for row in read_generation_manifest(folder):
+            if not row["path"].is_file():
+                missing.append(row["file"])
+                continue
+            listed = (mapping or {}).get(row["file"]) or (mapping or {}).get(PurePosixPath(row["file"]).name) or {}
+            category = row["category"] and canonical_category(check_label(row["category"], MANIFEST_NAME))
+            items.append(ImageItem(row["file"], row["path"], listed.get("profile") or row["profile"],
+                                   listed.get("category") or category or UNKNOWN,
+                                   listed.get("caption") or row["caption"]))
+        if missing:
+            raise EvaluationError(f"{flag} {folder}: {MANIFEST_NAME} lists {len(missing)} images that are not there "
+                                  f"(e.g. {missing[0]}); finish the run with `python -m trainer generate` (it resumes) "
+                                  f"or score a complete folder")
+    else:
+        items = [ImageItem(path.name, path, *label_for(path.name, mapping, profile),
+                           (mapping or {}).get(path.name, {}).get("caption")) for path in image_files(folder)]
+    if not items:
+        raise EvaluationError(f"{flag} {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder, and no "
+                              f"{MANIFEST_NAME} of `python -m trainer generate`")
+    return items
+
+
+def _name(item: ImageItem) -> str:
+    return PurePosixPath(item.file).name
+
+
+def pair_items(a: list[ImageItem], b: list[ImageItem]) -> tuple[list[tuple[ImageItem, ImageItem]], list[str],
+                                                                list[str]]:
+    """(pairs of (A item, B item) in B's order, files only in A, files only in B), as the module docstring says."""
+    by_key = {(item.profile, _name(item)): item for item in a}
+    baselines = {_name(item): item for item in a if item.profile == BASE_PROFILE}
+    by_file = {item.file: item for item in a}
+    grouped = any("/" in item.file for item in a) and any("/" in item.file for item in b)
+    pairs, used = [], set()
+    for item in b:
+        partner = (by_key.get((item.profile, _name(item))) or baselines.get(_name(item))) if grouped else \
+            by_file.get(item.file)
+        if partner is None:
+            continue
+        pairs.append((partner, item))
+        used.add(partner.file)
+    paired_b = {item.file for _, item in pairs}
+    return pairs, [x.file for x in a if x.file not in used], [x.file for x in b if x.file not in paired_b]
