@@ -102,6 +102,15 @@ def load_embedding(path: str | Path) -> UserEmbedding:
                              f"allowed: {', '.join(EMBEDDING_SUFFIXES)}")
 
 
+def load_user_vector(path: str | Path) -> torch.Tensor:
+    """The one vector of a single user's embedding file ({User_ID}.npy); EmbeddingFileError for any other count."""
+    embedding = load_embedding(path)
+    if embedding.count != 1:
+        raise EmbeddingFileError(f"{Path(path).name}: holds {embedding.count} vectors; allowed: one embedding per "
+                                 f"user file")
+    return embedding.vectors[0]
+
+
 def save_embedding(embedding: UserEmbedding, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
     metadata = {k: v for k, v in embedding.metadata.items()}
     metadata.update({"psa.format_version": "1", "psa.embedding_dim": str(embedding.dim),

@@ -269,15 +269,12 @@ class Profile:
 
 
 def _load_one(path: Path, what: str):
-    from psa_core.embedding import load_embedding
+    from psa_core.embedding import load_user_vector
 
     try:
-        embedding = load_embedding(path)
+        return load_user_vector(path)
     except PSAError as error:
         raise EvaluationError(f"{what}: {error}") from None
-    if embedding.count != 1:
-        raise EvaluationError(f"{what}: {path.name} holds {embedding.count} vectors; allowed: one embedding per file")
-    return embedding.vectors[0]
 
 
 def _from_folder(folder: Path, user_ids: list[str], flag: str) -> dict[str, Path]:

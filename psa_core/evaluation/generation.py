@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import shown
 from ..profile import ProfileError, check_user_id
 from .errors import EvaluationError
@@ -276,15 +277,7 @@ def partial_path(target: str | Path) -> Path:
 def atomic_file(target: str | Path, write: Callable[[Path], None]) -> Path:
     """`write(temporary)`, then `os.replace` onto `target`. The temporary has this module's fixed name, so a process
     killed in between leaves a file `remove_partial_files` recognises (and nothing else is ever removed)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = partial_path(target)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+    return atomic_write(target, write, partial_path(target))
 
 
 def remove_partial_files(folder: str | Path, profiles: Sequence[str]) -> int:

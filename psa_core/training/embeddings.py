@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from ..embedding import load_embedding
+from ..embedding import load_user_vector
 from ..encoders.base import ProfileEncoder, encode_profiles
 from ..encoders.cache import EmbeddingCache
 from ..errors import EmbeddingFileError
@@ -100,12 +100,9 @@ class FolderEmbeddings:
         rows = []
         for user_id, path in files.items():
             try:
-                embedding = load_embedding(path)
+                rows.append(load_user_vector(path))
             except EmbeddingFileError as error:
                 raise DatasetError(f"user {user_id}: {error}") from None
-            if embedding.count != 1:
-                raise DatasetError(f"{path.name}: holds {embedding.count} vectors; expected one per user")
-            rows.append(embedding.vectors[0])
         dims = {r.shape[0] for r in rows}
         if len(dims) > 1:
             raise DatasetError(f"embeddings in {self.folder} have different dimensions {sorted(dims)}")
