@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from comfy_env import registered_nodes
-from psa_core.evaluation import Detection, ImageRecord
+from psa_core.evaluation import Detection, ImageRecord, Q16Classifier, load_q16_prompts
 from psa_core.evaluation import guard
 from psa_core.profile import UserProfile
 
@@ -169,3 +169,24 @@ def test_q16_on_a_clip_vision_model_violates_any_ban(pack, register_folders, tmp
     assert all_clean is True and torch.equal(out, images)
     with pytest.raises(Exception, match="Q16 needs both clip_vision and q16_prompts"):
         run(images=images, violating="black", clip_vision=FakeClipVision())
+
+
+def test_a_clip_vision_of_another_width_is_refused_before_any_image_is_scored(pack, register_folders, tmp_path):
+    """ComfyUI's own CLIP vision model (its ViT-L/14 config, weights left unset: only the layer shapes are read)
+    shows its 768-d projection; prompts of another width stop the node naming both widths, and nothing is scored."""
+    import os
+
+    import comfy.clip_vision
+
+    folder = tmp_path / "psa"
+    folder.mkdir()
+    np.save(folder / "q16_1024.npy", np.eye(2, 1024, dtype=np.float32))
+    np.save(folder / "q16_768.npy", np.eye(2, 768, dtype=np.float32))
+    register_folders({"psa": folder})
+    config = os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_vitl.json")
+    vit_l = comfy.clip_vision.ClipVisionModel(config)
+    assert guard.ClipVisionEmbedder(vit_l).dim == 768 and guard.ClipVisionEmbedder(FakeClipVision()).dim is None
+
+    with pytest.raises(Exception, match=r"image embeddings are 768-d, the Q16 prompts .*q16_1024\.npy.* 1024-d"):
+        node(pack).execute(images=plain_colours(), violating="black", clip_vision=vit_l, q16_prompts="q16_1024.npy")
+    Q16Classifier(guard.ClipVisionEmbedder(vit_l), load_q16_prompts(folder / "q16_768.npy"))  # the matching width

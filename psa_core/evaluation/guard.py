@@ -51,6 +51,15 @@ class ClipVisionEmbedder:
     def __init__(self, clip_vision, name: str = "clip_vision"):
         self.clip_vision, self.name = clip_vision, name
 
+    @property
+    def dim(self) -> int | None:
+        """The projected embedding's width where the model shows it (ComfyUI's CLIP vision models hold a
+        `model.visual_projection` layer), so that Q16Classifier refuses prompts of another width before any image
+        is scored; None for a model that does not show it (the width is then checked on the first embedding)."""
+        projection = getattr(getattr(self.clip_vision, "model", None), "visual_projection", None)
+        weight = getattr(projection, "weight", None)
+        return None if weight is None else int(weight.shape[0])
+
     def __call__(self, images) -> torch.Tensor:
         import numpy as np
 
