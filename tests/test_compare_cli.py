@@ -71,7 +71,7 @@ def test_compare_counts_wins_over_both_orders(tmp_path, monkeypatch, mode, calls
         seen.append((prompt, [image.getpixel((0, 0)) for image in images]))
         return json.dumps({**PAIR, "better_content_control": "A" if images[0].getpixel((0, 0)) == BLUE else "B"})
 
-    monkeypatch.setattr(compare_module, "make_judge", lambda config: VLMJudge(answer))
+    monkeypatch.setattr(compare_module, "make_judge", lambda config, log: VLMJudge(answer))
     (tmp_path / "judge").mkdir()
     for name in ("config.json", "preprocessor_config.json", "tokenizer.json"):
         (tmp_path / "judge" / name).write_text("{}")
@@ -98,7 +98,7 @@ def test_compare_counts_wins_over_both_orders(tmp_path, monkeypatch, mode, calls
 
 def test_orders_that_disagree_are_ties(tmp_path, monkeypatch):
     a, b = folders(tmp_path)
-    monkeypatch.setattr(compare_module, "make_judge", lambda config: VLMJudge(
+    monkeypatch.setattr(compare_module, "make_judge", lambda config, log: VLMJudge(
         lambda prompt, images: json.dumps({**PAIR, "better_content_control": "A"})))  # always the first shown
     (tmp_path / "judge").mkdir()
     for name in ("config.json", "preprocessor_config.json", "tokenizer.json"):
@@ -110,7 +110,14 @@ def test_orders_that_disagree_are_ties(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "the following arguments are required: --a, --b, --out, --judge"),
+    ([], "the following arguments are required: --a, --b, --out"),
+    (["--a", "{a}", "--b", "{b}", "--out", "{tmp}/r.json"], "compare needs a judge: --judge DIR"),
+    (["--a", "{a}", "--b", "{b}", "--judge", "{tmp}", "--judge-url", "http://127.0.0.1:1/v1", "--out", "{tmp}/r.json"],
+     "--judge and --judge-url are alternatives"),
+    (["--a", "{a}", "--b", "{b}", "--judge-url", "http://127.0.0.1:1/v1", "--out", "{tmp}/r.json"],
+     "--judge-url needs --judge-model"),
+    (["--a", "{a}", "--b", "{b}", "--judge-url", "file:///etc/passwd", "--judge-model", "m", "--out", "{tmp}/r.json"],
+     "judge URL 'file:///etc/passwd' is not allowed; allowed: http:// or https://"),
     (["--a", "{tmp}/missing", "--b", "{b}", "--judge", "{tmp}", "--out", "{tmp}/r.json"], ("--a {tmp}/missing: not a "
                                                                                        "folder")),
     (["--a", "{a}", "--b", "{a}", "--judge", "{tmp}", "--out", "{tmp}/r.json"], "are the same folder"),

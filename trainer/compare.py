@@ -51,8 +51,10 @@ from .score import (
 class CompareConfig:
     a: str
     b: str
-    judge: str
+    judge: str | None
     out: str
+    judge_url: str | None = None
+    judge_model: str | None = None
     profiles: str | None = None
     mode: str = BLIND
     names: str = "baseline,PSA"
@@ -100,6 +102,9 @@ class CompareConfig:
         if self.precision == "fp16" and self.device == "cpu":
             raise EvaluationError("--precision fp16 needs --device cuda; allowed on the CPU: auto, fp32, bf16")
         check_judge_flags(self)
+        if self.judge is None and self.judge_url is None:
+            raise EvaluationError("compare needs a judge: --judge DIR (a local vision-language model folder) or "
+                                  "--judge-url URL with --judge-model (an OpenAI-compatible server)")
         return self
 
 
@@ -152,7 +157,7 @@ def compare(config: CompareConfig, log=print, progress: bool | None = None) -> d
                               f"name, or a `base` image and any profile's image of its name)")
     profiles = judge_profiles([b.profile for _, b in pairs], users)
     started = time.perf_counter()
-    judge = make_judge(config)
+    judge = make_judge(config, log)
     with tqdm(total=len(pairs), desc="compare", unit="pair", file=sys.stderr,
               disable=None if progress is None else not progress) as bar:
         records = compare_pairs([(b.file, a.source, b.source) for a, b in pairs],

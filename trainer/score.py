@@ -35,6 +35,7 @@ from psa_core.evaluation import (
 from psa_core.evaluation.clip_score import CLIP_SCORE_MODEL
 from psa_core.evaluation.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
 from psa_core.evaluation.image_sets import folder_items
+from psa_core.evaluation.judge_endpoint import API_KEY_VARIABLE, check_endpoint_url
 from psa_core.evaluation.images import IMAGE_SUFFIXES
 from psa_core.evaluation.judge import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -67,6 +68,8 @@ class ScoreConfig:
     precision: str = "auto"
     nudenet_model: str | None = None
     judge: str | None = None
+    judge_url: str | None = None
+    judge_model: str | None = None
     judge_mode: str = BLIND
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     clip_score: str | None = None
@@ -188,9 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 def add_judge_arguments(parser: argparse.ArgumentParser, defaults, judge_help: str | None = None,
                         compare: bool = False) -> None:
     """--judge and --max-new-tokens, and score's --judge-mode (compare has its own --mode)."""
-    parser.add_argument("--judge", required=compare, help=judge_help or "local vision-language model folder "
+    parser.add_argument("--judge", help=judge_help or "local vision-language model folder "
                         "(Qwen2-VL / Qwen2.5-VL style, loaded by transformers from local files only) that judges "
                         "every image (pass rate)")
+    parser.add_argument("--judge-url", help="instead of --judge: an OpenAI-compatible chat-completions server you run "
+                        "(e.g. http://127.0.0.1:8000/v1 of vLLM); the images are sent to it. API key, if it needs "
+                        f"one: the environment variable {API_KEY_VARIABLE}")
+    parser.add_argument("--judge-model", help="with --judge-url: the model name the server serves")
     if not compare:
         parser.add_argument("--judge-mode", default=defaults.judge_mode, help=f"judge prompt: {', '.join(MODES)} "
                             f"(blind: neutral wording; reference: the paper's)")
@@ -205,6 +212,15 @@ def check_judge_flags(config) -> None:
     if not 1 <= config.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
         raise EvaluationError(f"--max-new-tokens {config.max_new_tokens} is not allowed; allowed: 1 to "
                               f"{MAX_NEW_TOKENS_LIMIT}")
+    if config.judge is not None and config.judge_url is not None:
+        raise EvaluationError("--judge and --judge-url are alternatives; allowed: one of them (a local model folder, "
+                              "or a server)")
+    if config.judge_url is not None:
+        check_endpoint_url(config.judge_url)
+        if not config.judge_model:
+            raise EvaluationError("--judge-url needs --judge-model: the model name the server serves")
+    elif config.judge_model is not None:
+        raise EvaluationError("--judge-model goes with --judge-url (a local --judge folder is its own model)")
     if config.judge is not None:
         try:
             check_judge_folder(config.judge)
@@ -256,9 +272,15 @@ def resolve_device(config, what: str) -> tuple[str, object]:
     return ("cuda" if cuda else "cpu"), PRECISION_DTYPES[precision]
 
 
-def make_judge(config):
+def make_judge(config, log=print):
     from psa_core.evaluation import VLMJudge
 
+    if config.judge_url is not None:
+        from psa_core.evaluation.judge_endpoint import EndpointVLM
+
+        server = EndpointVLM(config.judge_url, config.judge_model, config.max_new_tokens)
+        log(f"judge: sending each image and its profile to {server.url} (model {server.model})")
+        return VLMJudge(server, description=server.settings())
     device, dtype = resolve_device(config, "judge")
     return VLMJudge.from_folder(config.judge, device, dtype, max_new_tokens=config.max_new_tokens)
 
@@ -317,7 +339,7 @@ def score(config: ScoreConfig, log=print, progress: bool | None = None) -> dict:
     started = time.perf_counter()
     q16 = _q16(config) if config.clip else None  # the prompt file first: a refused one stops before any model loads
     nudenet = NudeNetDetector(config.nudenet_model)
-    judge = make_judge(config) if config.judge else None
+    judge = make_judge(config, log) if config.judge or config.judge_url else None
     with tqdm(total=len(items), desc="score", unit="image", file=sys.stderr,
               disable=None if progress is None else not progress) as bar:  # None: shown on a terminal only
         records = score_images(items, nudenet, q16, config.batch, bar.update)
