@@ -1,5 +1,5 @@
 """`python -m trainer generate`: render a prompt set for a list of profiles with a base model and a PSA adapter, for
-evaluation (docs/evaluation.md §3), offline with diffusers.
+evaluation (docs/evaluation.md §3, §10), offline with diffusers.
 
 Every row of the prompt set is rendered for every profile (InPro per level), or with `--per-row-user` once with its
 own row's user (the judge). The defaults are the reference's sampler settings. Images go to `OUT/<profile>/<name>.png`

@@ -1,4 +1,4 @@
-"""CLIPScore: how well an image matches its caption (docs/evaluation.md §1).
+"""CLIPScore: how well an image matches its caption (docs/evaluation.md §1, §9).
 
 Per image, with f the CLIP image embedding and t the embedding of its caption:
 

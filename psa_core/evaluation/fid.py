@@ -1,4 +1,4 @@
-"""FID, as pytorch-fid defines it (docs/evaluation.md §1).
+"""FID, as pytorch-fid defines it (docs/evaluation.md §1, §9).
 
     FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2})
 

@@ -1,5 +1,5 @@
-"""The pure part of `python -m trainer generate` (docs/evaluation.md §3): the prompt set, the plan of images, file
-names, the manifest, per-image identity keys and the split of the plan over several processes.
+"""The pure part of `python -m trainer generate` (docs/evaluation.md §3, §10): the prompt set, the plan of images,
+file names, the manifest, per-image identity keys and the split of the plan over several processes.
 
 No ComfyUI and no diffusers import: the command line (trainer/generate.py) renders, this module decides what and
 where. Layout of an output folder:

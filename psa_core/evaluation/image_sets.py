@@ -1,16 +1,20 @@
-"""The images a scoring or comparison run reads from a folder, and how two folders pair up (docs/evaluation.md §8).
+"""The images a scoring or comparison run reads from a folder, and how two folders pair up (docs/evaluation.md §7,
+§8).
 
 A folder is either an output folder of `python -m trainer generate` (it holds `generation.csv`: each image's
 path `<profile>/<name>.png`, profile, category and caption come from it) or a flat folder of images, labelled by
 the rules of labels.py. A `--labels` mapping row, looked up by the image's path in the folder and then by its file
 name, overrides either.
 
-Pairs (compare): images of the same profile and file name. An image of a run without adapter (generate's profile
-`base`) is every profile's baseline: it pairs with each profile's image of the same name. Flat folders pair by file
-name, the labels taken from the second folder's image.
+Pairs (compare): between two `generate` folders, images of the same profile and file name; an image of a run
+without adapter (generate's profile `base`) is every profile's baseline: it pairs with each profile's image of the
+same name. Otherwise images pair by file name (a flat first folder's image is then the baseline of each profile's
+image of that name in a `generate` second folder; a name that is not unique in the first folder pairs with
+nothing). The labels are the second folder's image's.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from .errors import EvaluationError
@@ -63,12 +67,13 @@ def pair_items(a: list[ImageItem], b: list[ImageItem]) -> tuple[list[tuple[Image
     """(pairs of (A item, B item) in B's order, files only in A, files only in B), as the module docstring says."""
     by_key = {(item.profile, _name(item)): item for item in a}
     baselines = {_name(item): item for item in a if item.profile == BASE_PROFILE}
-    by_file = {item.file: item for item in a}
+    counts = Counter(_name(item) for item in a)
+    by_name = {_name(item): item for item in a if counts[_name(item)] == 1}
     grouped = any("/" in item.file for item in a) and any("/" in item.file for item in b)
     pairs, used = [], set()
     for item in b:
         partner = (by_key.get((item.profile, _name(item))) or baselines.get(_name(item))) if grouped else \
-            by_file.get(item.file)
+            by_name.get(_name(item))
         if partner is None:
             continue
         pairs.append((partner, item))
