@@ -204,7 +204,9 @@ def test_bad_inputs_exit_2_naming_the_flag(setup, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_processes_share_the_plan_and_match_one_process(setup, tmp_path, capsys):
+def test_two_processes_share_the_plan_and_match_one_process(setup, tmp_path, capsys, one_thread):
+    """Bit-equal images: the launched processes run one thread each (OMP_NUM_THREADS=1), and so does the one-process
+    run here (`one_thread`), so both make the same float operations in the same order."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
