@@ -102,6 +102,18 @@ def load_embedding(path: str | Path) -> UserEmbedding:
                              f"allowed: {', '.join(EMBEDDING_SUFFIXES)}")
 
 
+USER_FILE_SUFFIXES = (".npy", ".safetensors")  # a user's file in an embeddings folder: {User_ID}.npy or .safetensors
+
+
+def user_embedding_file(folder: str | Path, user_id: str) -> Path | None:
+    """The file of `user_id` (already checked to be a User_ID, so a plain file name) in `folder`, or None."""
+    for suffix in USER_FILE_SUFFIXES:
+        path = Path(folder) / f"{user_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
 def load_user_vector(path: str | Path) -> torch.Tensor:
     """The one vector of a single user's embedding file ({User_ID}.npy); EmbeddingFileError for any other count."""
     embedding = load_embedding(path)

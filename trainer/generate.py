@@ -46,6 +46,7 @@ from psa_core.evaluation.generation import (
     write_manifest,
     write_settings,
 )
+from psa_core.embedding import USER_FILE_SUFFIXES, user_embedding_file
 from psa_core.precision import PRECISIONS
 from psa_core.profile import EVALUATION_USERS, read_users_table
 
@@ -54,7 +55,6 @@ DEVICES = ("auto", "cpu", "cuda")
 NEGATIVE_MODES = ("same", "reference")
 # The reference's default negative prompt for PSA images (docs/evaluation.md §3).
 REFERENCE_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
-EMBEDDING_SUFFIXES = (".npy", ".safetensors")
 MAX_BATCH = 64
 MAX_STEPS = 1000
 MAX_SCALE = 10.0
@@ -177,9 +177,9 @@ class GenerateConfig:
             raise EvaluationError(f"--users {self.users}: file not found; allowed: a users table (users.csv)")
         for file in self.embedding:
             path = Path(file)
-            if path.suffix.lower() not in EMBEDDING_SUFFIXES or not path.is_file():
+            if path.suffix.lower() not in USER_FILE_SUFFIXES or not path.is_file():
                 raise EvaluationError(f"--embedding {file}: not found or not allowed; allowed: an existing "
-                                      f"{' or '.join(EMBEDDING_SUFFIXES)} file with one embedding")
+                                      f"{' or '.join(USER_FILE_SUFFIXES)} file with one embedding")
             check_profile_label(path.stem, f"--embedding {file}")
 
     def level_names(self) -> list[str]:
@@ -280,8 +280,7 @@ def _load_one(path: Path, what: str):
 def _from_folder(folder: Path, user_ids: list[str], flag: str) -> dict[str, Path]:
     files, missing = {}, []
     for user_id in user_ids:
-        found = next((folder / f"{user_id}{s}" for s in EMBEDDING_SUFFIXES if (folder / f"{user_id}{s}").is_file()),
-                     None)
+        found = user_embedding_file(folder, user_id)
         files[user_id] = found
         if found is None:
             missing.append(user_id)

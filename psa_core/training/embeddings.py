@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from ..embedding import load_user_vector
+from ..embedding import load_user_vector, user_embedding_file
 from ..encoders.base import ProfileEncoder, encode_profiles
 from ..encoders.cache import EmbeddingCache
 from ..errors import EmbeddingFileError
@@ -65,7 +65,6 @@ def build_user_table(records: Sequence[PairRecord], source: EmbeddingSource) -> 
 
 
 class FolderEmbeddings:
-    SUFFIXES = (".npy", ".safetensors")
 
     def __init__(self, folder: str | Path, encoder: str | None = None):
         self.folder = Path(folder)
@@ -82,11 +81,7 @@ class FolderEmbeddings:
             user_id = check_user_id(user_id)  # the id becomes a file name: never a path
         except ProfileError as error:
             raise DatasetError(f"{error}; it names the embedding file {{User_ID}}.npy in {self.folder}") from None
-        for suffix in self.SUFFIXES:
-            path = self.folder / f"{user_id}{suffix}"
-            if path.is_file():
-                return path
-        return None
+        return user_embedding_file(self.folder, user_id)
 
     def vectors(self, users: Sequence[User]) -> torch.Tensor:
         files = {user_id: self._file(user_id) for user_id, _ in users}
