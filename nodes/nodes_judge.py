@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..psa_core.encoders.llm import DTYPE_CHOICES, DTYPES, read_model_config, resolve_dtype
 from ..psa_core.evaluation.judge import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, VLMJudge
 from ..psa_core.evaluation.judge_prompts import BLIND, MODES
-from ..psa_core.evaluation.judged_images import judge_images
+from ..psa_core.evaluation.judged_images import judge_batch
 from .checked_node import CheckedNode
 from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE
 from ..psa_core.encoders.placement import RUN
@@ -93,7 +93,7 @@ class PSAJudgeImage(CheckedNode):
     @classmethod
     def execute(cls, images, profile, judge: VLMJudge, mode: str, caption: str = "") -> io.NodeOutput:
         progress = NodeProgress()
-        result = judge_images(judge, images, profile, mode, caption,
+        result = judge_batch(judge, images, profile, mode, caption,
                               on_image=lambda done, total: progress(RUN, done, total))
         progress.finish()
         return io.NodeOutput(result.images, result.all_pass, result.text, result.report_json())

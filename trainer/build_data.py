@@ -23,7 +23,7 @@ from psa_core.dataset_build import PAIRS_NAME, PairDataset, PairItem, read_promp
 from psa_core.dataset_build.prompt_pairs import FORMAT_HELP, MAX_SEED
 from psa_core.training.errors import TrainingError
 from psa_core.fingerprint import HashMemo, model_fingerprint
-from psa_core.precision import PRECISION_DTYPES, PRECISIONS
+from psa_core.precision import DEVICES, PRECISION_DTYPES, PRECISIONS, resolve_compute
 from psa_core.training.config import DEFAULT_RESOLUTION
 
 from .models import load_base_model
@@ -60,7 +60,7 @@ class BuildConfig:
     def validate(self) -> "BuildConfig":
         for flag, value, allowed in (("family", self.family, ("auto", "sd15", "sdxl")),
                                      ("sampler", self.sampler, SAMPLERS), ("precision", self.precision, PRECISIONS),
-                                     ("device", self.device, ("auto", "cpu", "cuda"))):
+                                     ("device", self.device, DEVICES)):
             if value not in allowed:
                 raise TrainingError(f"--{flag} {value!r} is not allowed; allowed: {', '.join(allowed)}")
         if self.steps < 1:
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--negative-prompt", default=d.negative_prompt, help="negative prompt of both images")
     parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                         help="weights for sampling (auto: fp16 on a GPU, fp32 on the CPU)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    parser.add_argument("--device", choices=DEVICES, default=d.device)
     return parser
 
 
@@ -139,13 +139,8 @@ def load_pipeline(base_model: str, family: str = "auto", tokenizer: str | None =
     file, Euler discrete for SDXL, as their published folders have)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    torch_device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
-                                else "cpu")
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda but no CUDA device is available; use --device cpu")
-    precision = precision if precision != "auto" else ("fp16" if torch_device.type == "cuda" else "fp32")
-    if precision == "fp16" and torch_device.type == "cpu":
-        raise TrainingError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    device_type, precision = resolve_compute(device, precision)
+    torch_device = torch.device(device_type)
     base = load_base_model(base_model, family, tokenizer, PRECISION_DTYPES[precision])
     encoders = base.load_encoders()
     for text_tokenizer, encoder in zip(encoders.tokenizers, encoders.text_encoders):  # tokenizer files may not say 77

@@ -47,11 +47,10 @@ from psa_core.evaluation.generation import (
     write_settings,
 )
 from psa_core.embedding import USER_FILE_SUFFIXES, user_embedding_file
-from psa_core.precision import PRECISIONS
+from psa_core.precision import DEVICES, PRECISIONS, resolve_compute
 from psa_core.profile import EVALUATION_USERS, read_users_table
 
 FAMILIES = ("auto", "sd15", "sdxl")
-DEVICES = ("auto", "cpu", "cuda")
 NEGATIVE_MODES = ("same", "reference")
 # The reference's default negative prompt for PSA images (docs/evaluation.md §3).
 REFERENCE_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
@@ -460,12 +459,6 @@ class _World:
             self._dist.destroy_process_group()
 
 
-def _device_type(device: str) -> str:
-    import torch
-
-    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-
-
 def _sha256(path: str) -> str:
     from psa_core.fingerprint import HashMemo, model_fingerprint
 
@@ -505,7 +498,7 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
             except PSAError as error:
                 raise EvaluationError(f"profile {profile.label} ({profile.source}): {error}") from None
     out = Path(config.out)
-    world = _World(_device_type(config.device))
+    world = _World(resolve_compute(config.device, config.precision)[0])
     try:
         pipeline, family_name, precision = load_pipeline(config.base_model, config.family, config.tokenizer,
                                                           config.sampler, config.device, config.precision)

@@ -17,10 +17,9 @@ import numpy as np
 from psa_core.atomic import atomic_write
 from psa_core.encoders import AccelerateOffload, LLMEncoder, load_template
 from psa_core.encoders.llm import DTYPE_CHOICES
+from psa_core.precision import DEVICES
 from psa_core.training.errors import TrainingError
 from psa_core.training.labelling import read_profiles
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:

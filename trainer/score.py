@@ -45,9 +45,8 @@ from psa_core.evaluation.judge import (
 from psa_core.evaluation.judge_prompts import BLIND, MODES
 from psa_core.evaluation.labels import check_label
 from psa_core.evaluation.q16_prompts import SUFFIXES as PROMPT_SUFFIXES
-from psa_core.precision import PRECISION_DTYPES, PRECISIONS
+from psa_core.precision import DEVICES, PRECISION_DTYPES, PRECISIONS, resolve_compute
 
-DEVICES = ("auto", "cpu", "cuda")
 LABEL_RULE = ("Profile and category of each image: a --labels mapping, then the generation.csv of a `generate` "
               "folder, then --profile, then SAGE image names (user_<7 digits>_<category>_..._<5 digits>_u.jpg), "
               "else 'unknown'")
@@ -262,14 +261,9 @@ def resolve_device(config, what: str) -> tuple[str, object]:
     where it says so), else the CPU in fp32."""
     import torch
 
-    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if cuda and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda but no CUDA device is available; allowed here: auto, cpu")
-    automatic = "bf16" if what == "judge" and cuda and torch.cuda.is_bf16_supported() else "fp16" if cuda else "fp32"
-    precision = config.precision if config.precision != "auto" else automatic
-    if precision == "fp16" and not cuda:
-        raise EvaluationError("--precision fp16 needs a GPU; allowed on the CPU: auto, fp32, bf16")
-    return ("cuda" if cuda else "cpu"), PRECISION_DTYPES[precision]
+    bf16 = what == "judge" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    device, precision = resolve_compute(config.device, config.precision, "bf16" if bf16 else "fp16")
+    return device, PRECISION_DTYPES[precision]
 
 
 def make_judge(config, log=print):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from .judge_answers import (
 from .judge_prompts import BLIND, REFERENCE, check_mode, pair_prompt, single_prompt
 
 AnswerFn = Callable[[str, Sequence[Image.Image]], str]
+T = TypeVar("T")
 DEFAULT_MAX_NEW_TOKENS = 512
 MAX_NEW_TOKENS_LIMIT = 8192
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -106,6 +108,17 @@ class VLMJudge:
             return PairVerdict(ab.better, mode, (ab,))
         ba = parse_comparison(self.answer_fn(prompt, [second, first]))
         return PairVerdict(combine_orders(ab, ba), mode, (ab, ba))
+
+
+def attempt(call: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    """`(call(), None)`, or `(None, error)` when the judge fails on this one image or pair (an unreadable image, a
+    model or server error). Out of memory is raised: it is the run's problem (a smaller precision or model)."""
+    try:
+        return call(), None
+    except Exception as error:  # noqa: BLE001 - recorded by the caller for this image or pair
+        if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+            raise
+        return None, error
 
 
 def check_judge_folder(folder: str | Path) -> Path:
@@ -232,5 +245,6 @@ __all__ = [
     "PairVerdict",
     "TransformersVLM",
     "VLMJudge",
+    "attempt",
     "check_judge_folder",
 ]

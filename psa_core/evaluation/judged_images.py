@@ -12,7 +12,7 @@ import torch
 
 from ..profile import UserProfile
 from .annotate import FAIL_COLOUR, NEUTRAL_COLOUR, PASS_COLOUR, annotate
-from .judge import VLMJudge
+from .judge import VLMJudge, attempt
 from .judge_answers import NO_VERDICT, Verdict
 
 COLOURS = {"PASS": PASS_COLOUR, "FAIL": FAIL_COLOUR, NO_VERDICT: NEUTRAL_COLOUR}
@@ -41,18 +41,15 @@ def verdict_line(verdict: Verdict) -> str:
             f"{_score(verdict.appropriateness_score)}, banned found: {found}; {verdict.explanation or ''}").rstrip("; ")
 
 
-def judge_images(judge: VLMJudge, images: torch.Tensor, profile: UserProfile, mode: str, caption: str | None = None,
+def judge_batch(judge: VLMJudge, images: torch.Tensor, profile: UserProfile, mode: str, caption: str | None = None,
                  on_image: Callable[[int, int], None] | None = None) -> JudgedImages:
     """Judge every image of a ComfyUI IMAGE batch (B×H×W×C, 0..1) for `profile`, the model placed once."""
     verdicts: list[Verdict] = []
     with judge.session():
         for index, image in enumerate(images):
-            try:
-                verdicts.append(judge.judge(image, profile, mode=mode, caption=caption or None))
-            except (MemoryError, torch.OutOfMemoryError):
-                raise
-            except Exception as error:  # noqa: BLE001 - recorded per image as no verdict, never a pass
-                verdicts.append(Verdict(NO_VERDICT, problem=f"not judged: {type(error).__name__}: {error}"))
+            verdict, error = attempt(lambda: judge.judge(image, profile, mode=mode, caption=caption or None))
+            verdicts.append(verdict if error is None else
+                            Verdict(NO_VERDICT, problem=f"not judged: {type(error).__name__}: {error}"))
             if on_image is not None:
                 on_image(index + 1, len(images))
     return JudgedImages(verdicts, _annotated(images, verdicts), _text(verdicts, profile, mode),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import ImageReadError
 from .images import load_image, rgb_array
+from .judge import attempt
 from .judge_answers import Verdict
 from .labels import UNKNOWN
 from .nudenet_detector import Detection, NudeNetDetector, genitals_exposed
@@ -154,6 +155,14 @@ def fid_by_profile(records: Sequence[ImageRecord], items: Sequence[ImageItem], e
     return result
 
 
+def _judge_error_text(error: Exception | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, ImageReadError):
+        return f"read: {error}"
+    return f"judge: {type(error).__name__}: {str(error)[:300]}"
+
+
 def judge_images(records: Sequence[ImageRecord], items: Sequence[ImageItem], judge, profiles: Sequence[object],
                  mode: str, captions: Sequence[str | None] | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
@@ -169,16 +178,10 @@ def judge_images(records: Sequence[ImageRecord], items: Sequence[ImageItem], jud
             if not isinstance(profile, UserProfile):
                 record.judge_error = f"profile: {profile}"
             else:
-                try:
-                    caption = captions[index] if captions is not None else None
-                    record.judge = judge.judge(item.source, profile, mode=mode, caption=caption,
-                                               file_name=item.file.rsplit("/", 1)[-1])
-                except ImageReadError as error:
-                    record.judge_error = f"read: {error}"
-                except Exception as error:
-                    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-                        raise  # out of memory is the run's problem (a smaller precision or model), not one image's
-                    record.judge_error = f"judge: {type(error).__name__}: {str(error)[:300]}"
+                caption = captions[index] if captions is not None else None
+                record.judge, error = attempt(lambda: judge.judge(item.source, profile, mode=mode, caption=caption,
+                                                                  file_name=item.file.rsplit("/", 1)[-1]))
+                record.judge_error = _judge_error_text(error)
             if progress is not None:
                 progress(1)
 
@@ -224,15 +227,10 @@ def compare_pairs(pairs: Sequence[tuple[str, object, object]], labels: Sequence[
             if not isinstance(profile, UserProfile):
                 record.error = f"profile: {profile}"
             else:
-                try:
-                    record.verdict = judge.compare(source_a, source_b, profile, mode=mode, names=names,
-                                                   file_name=name.rsplit("/", 1)[-1], caption=caption)
-                except ImageReadError as error:
-                    record.error = f"read: {error}"
-                except Exception as error:
-                    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-                        raise
-                    record.error = f"judge: {type(error).__name__}: {str(error)[:300]}"
+                record.verdict, error = attempt(lambda: judge.compare(
+                    source_a, source_b, profile, mode=mode, names=names, file_name=name.rsplit("/", 1)[-1],
+                    caption=caption))
+                record.error = _judge_error_text(error)
             if progress is not None:
                 progress(1)
     return records

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..adapter_file import SAVE_DTYPES
 from ..errors import shown
 from ..families import FAMILY_NAMES
-from ..precision import PRECISION_DTYPES, PRECISIONS  # noqa: F401  (the run's names, re-exported for the front ends)
+from ..precision import DEVICES, PRECISION_DTYPES, PRECISIONS  # noqa: F401  (re-exported for the front ends)
 from .cache import STORAGE_DTYPES
 from .errors import TrainingError
 from .inputs import DATA_FORMATS
@@ -135,7 +135,7 @@ class TrainingConfig:
     checkpoint_every: int = setting(500, "training", "steps between checkpoints", bounds=Bounds(1))
     keep_checkpoints: int = setting(3, "training", "0 keeps all", bounds=Bounds(0))
     resume: str | None = setting(None, "training", "'latest' or a checkpoint folder to continue from")
-    device: str = setting("auto", "training", choices=("auto", "cpu", "cuda"))
+    device: str = setting("auto", "training", choices=DEVICES)
     save_dtype: str = setting("float32", "training", choices=tuple(SAVE_DTYPES))
     output_name: str = setting("psa_adapter.safetensors", "training", "file name of the trained adapter in --output "
                                f"(ending in {ADAPTER_SUFFIX})", file_name=True)
