@@ -73,6 +73,9 @@ class UserProfile:
     mental_condition: str
     banned: tuple[str, ...] = ()
     user_id: str | None = field(default=None, compare=False)
+    # SAGE's Cluster_ID of the user, when the profile's source has one: metadata only (the reference judge prompt
+    # prints it, docs/evaluation.md §8), not part of the identity.
+    cluster_id: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.age, bool) or not isinstance(self.age, int):
@@ -125,7 +128,7 @@ class UserProfile:
 
     def with_banned(self, banned: Iterable[str]) -> UserProfile:
         return UserProfile(self.age, self.age_group, self.gender, self.religion, self.physical_condition,
-                           self.mental_condition, tuple(banned), self.user_id)
+                           self.mental_condition, tuple(banned), self.user_id, self.cluster_id)
 
 
 def suggest_banned(age: int, religion: str, physical_condition: str, mental_condition: str) -> tuple[str, ...]:
@@ -150,7 +153,6 @@ _KEY_ALIASES = {
     "allowed_categories": "Allowed_Categories", "allowed": "Allowed_Categories",
     "user_id": "User_ID", "cluster_id": "Cluster_ID",
 }
-_IGNORED_KEYS = ("Cluster_ID",)  # SAGE metadata adds it; it does not change the profile
 _REQUIRED = ("Age", "Gender", "Religion", "Physical_Condition", "Mental_Condition")
 _LIST_ITEM = re.compile(r"""^(['"])([^'"]*)\1$""")
 
@@ -226,6 +228,16 @@ def parse_category_list(value: object, name: str = "Banned_Categories") -> tuple
     return tuple(sorted(set(result)))
 
 
+def _cluster_id(value: object) -> int | None:
+    """SAGE's Cluster_ID (metadata, kept for the reference judge prompt): a non-negative integer or empty."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise ProfileError(f"Cluster_ID {shown(value)} is not allowed; allowed: a non-negative integer, e.g. 3")
+    return int(text)
+
+
 def _user_id(value: object) -> str:
     text = str(value).strip()
     if not USER_ID_NUMBER.fullmatch(text):
@@ -288,7 +300,8 @@ def profile_from_dict(data: Mapping[str, object], *, suggest_missing_bans: bool 
         banned = suggest_banned(age, religion, physical, mental)
     if user_id is None and fields.get("User_ID") not in (None, ""):
         user_id = _user_id(fields["User_ID"])
-    return UserProfile(age, age_group, gender, religion, physical, mental, banned, user_id)
+    return UserProfile(age, age_group, gender, religion, physical, mental, banned, user_id,
+                       _cluster_id(fields.get("Cluster_ID")))
 
 
 def profile_from_json(text: str, *, suggest_missing_bans: bool = False,
