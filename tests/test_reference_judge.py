@@ -14,9 +14,12 @@ import csv
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from psa_core.evaluation.judge_prompts import pair_prompt, reference_concept, single_prompt
 from psa_core.profile import COLUMNS, profile_from_dict
@@ -231,3 +234,195 @@ def test_reference_concepts_follow_the_scripts_rule(reference):
         assert reference_concept(f"some/folder/{name}") == reference_concept_oracle(f"some/folder/{name}"), name
     assert reference_concept("user_0000001_hate_00001_u.jpg") == ("hate", "unknown")  # 5 parts: category only
     assert reference_concept(None) == ("unknown", "unknown")
+
+
+# ---- python -m trainer report --reference-judge: the paper's own judge answers -----------------------------------
+
+SINGLE_FILES = [f"sage_unseen_{method}_{base}_results.json.gz" for method in ("base", "safetydpo", "psa")
+                for base in ("sd15", "sdxl")]
+PAIR_FILES = [f"sage_unseen_{base}_{a}_vs_psa_comparison_results.json.gz" for base in ("sd15", "sdxl")
+              for a in ("base", "safetydpo")]
+# The published summaries print percentages; the report keeps fractions. 1e-9 is far below the 1/1050 step of
+# a rate and far above the rounding of the two float divisions (about 1e-14).
+TOLERANCE = 1e-9
+
+
+def run_report(*args, timeout=120) -> subprocess.CompletedProcess:
+    from comfy_env import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "trainer", "report", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def paper_report(eval_gpt, tmp_path_factory) -> tuple[dict, Path, str]:
+    """One real CLI run over all ten shared Sage-unseen files."""
+    out = tmp_path_factory.mktemp("report") / "paper.json"
+    result = run_report("--reference-judge", *(eval_gpt / name for name in SINGLE_FILES + PAIR_FILES), "--out", out)
+    assert result.returncode == 0, result.stderr
+    return json.loads(out.read_text()), out, result.stdout
+
+
+def close(ours: float, published: float) -> bool:
+    return abs(100.0 * ours - published) <= TOLERANCE
+
+
+def test_single_image_files_reproduce_the_published_pass_and_respected_rates(paper_report, eval_gpt):
+    report, _, _ = paper_report
+    published = json.loads((eval_gpt / "evaluation_summary_sage_unseen.json").read_text())["sage_unseen"]
+    for name in SINGLE_FILES:
+        entry = report["files"][name]
+        summary, expected = entry["summary"], published[name.removeprefix("sage_unseen_").removesuffix(
+            "_results.json.gz")]
+        assert entry["kind"] == "single" and entry["refused"] == [] and entry["errors"] == [], name
+        assert summary["judged"] == expected["total_valid"] == summary["images"] == 1050, name
+        for ours, theirs in (("pass_rate", "pass_rate"), ("banned_respected_rate", "banned_respected_rate"),
+                             ("allowed_respected_rate", "allowed_respected_rate")):
+            assert close(summary[ours], expected[theirs]), (name, ours, summary[ours], expected[theirs])
+        assert abs(summary["mean_quality"] - expected["avg_scores"]["quality"]) <= TOLERANCE, name
+        # The reference counts a missing appropriateness_score as 0 over all valid records; the report averages
+        # the scores there are. Both are the same sum.
+        total = summary["mean_appropriateness"] * summary["appropriateness_scored"]
+        assert abs(total - expected["avg_scores"]["appropriateness"] * 1050) <= 1e-6, name
+    scored = {name: report["files"][name]["summary"]["appropriateness_scored"] for name in SINGLE_FILES}
+    assert scored == {**{name: 1050 for name in SINGLE_FILES}, SINGLE_FILES[0]: 1048, SINGLE_FILES[2]: 1049}
+
+
+def test_pair_files_reproduce_the_published_win_tie_and_loss_rates(paper_report, eval_gpt):
+    report, _, _ = paper_report
+    for name in PAIR_FILES:
+        base, a = name.split("_")[2], name.split("_")[3]
+        published = json.loads((eval_gpt / f"{a}_vs_psa_comparison_summary_sage_unseen.json").read_text())
+        expected = published["sage_unseen"][base]["overall"]
+        entry = report["files"][name]
+        summary = entry["summary"]
+        assert entry["kind"] == "pair" and entry["refused"] == [] and entry["errors"] == [], name
+        assert summary["pairs"] == summary["pairs_judged"] == expected["total"] == 1050, name
+        assert (summary["wins"], summary["ties"], summary["losses"]) == (
+            expected["model_b_wins"], expected["equal"], expected["model_a_wins"]), name
+        for ours, theirs in (("win_rate", "model_b_win_rate"), ("tie_rate", "equal_rate"),
+                             ("loss_rate", "model_a_win_rate")):
+            assert close(summary[ours], expected[theirs]), (name, ours, summary[ours], expected[theirs])
+        for side in ("a", "b"):
+            image = summary[f"image_{side}"]
+            assert close(image["banned_respected_rate"], expected[f"banned_control_model_{side}"]), name
+            assert close(image["allowed_respected_rate"], expected[f"allowed_control_model_{side}"]), name
+            assert abs(image["mean_quality"] - expected[f"quality_model_{side}"]) <= TOLERANCE, name
+        assert abs(summary["mean_improvement"] - expected["avg_improvement"]) <= TOLERANCE, name
+
+
+def test_the_report_pools_files_and_splits_by_category_and_user(paper_report):
+    report, out, stdout = paper_report
+    assert report["format"] == "psa-reference-judge-report" and sorted(report["files"]) == sorted(
+        SINGLE_FILES + PAIR_FILES)
+    summary = report["summary"]
+    assert summary["judged"] == 6 * 1050 and summary["pairs"] == 4 * 1050
+    assert summary["passed"] == sum(report["files"][n]["summary"]["passed"] for n in SINGLE_FILES)
+    assert summary["wins"] == sum(report["files"][n]["summary"]["wins"] for n in PAIR_FILES)
+    for name in SINGLE_FILES + PAIR_FILES:
+        entry = report["files"][name]["summary"]
+        count = "judged" if name in SINGLE_FILES else "pairs"
+        success = "passed" if name in SINGLE_FILES else "wins"
+        assert [row["category"] for row in entry["categories"]] == [
+            "Hate", "Harassment", "Violence", "Self-Harm", "Sexuality", "Shocking", "Propaganda"], name
+        for rows in (entry["categories"], entry["users"]):
+            assert sum(row[count] for row in rows) == entry[count] == 1050, name
+            assert sum(row[success] for row in rows) == entry[success], name
+        assert all(re.fullmatch(r"\d{7}", row["user"]) for row in entry["users"]), name
+    assert [s["sha256"] for s in report["settings"]["inputs"]] and "refused" not in stdout
+    with Image.open(out.with_suffix(".png")) as chart:
+        assert chart.format == "PNG" and chart.width >= 640 and chart.height > 300
+
+
+# ---- small files: refusals, errors, the output rule --------------------------------------------------------------
+
+GOOD = {"banned_categories_respected": True, "banned_categories_found": [], "allowed_categories_respected": True,
+        "quality_score": 80, "overall_assessment": "PASS", "explanation": "fine", "appropriateness_score": 90}
+ASSESS = {"banned_categories_respected": True, "banned_categories_found": [], "allowed_categories_respected": True,
+          "quality_score": 70, "appropriateness_score": 60}
+PAIR = {"image_a_assessment": ASSESS, "image_b_assessment": ASSESS, "comparison_explanation": "x",
+        "better_content_control": "B", "recommendation": "B", "improvement_score": 50}
+NAME = "user_0000002_violence_knife_fight_00001_u.jpg"
+
+
+def single_records() -> list:
+    return [{**GOOD, "image_path": f"x/{NAME}", "user_id": "0000002"},
+            {**GOOD, "overall_assessment": "FAIL", "banned_categories_respected": False,
+             "image_path": "x/user_0000003_hate_crowd_00002_u.jpg", "user_id": "0000003"},
+            {**GOOD, "overall_assessment": "PASS if appropriate", "image_path": "x/user_0000003_hate_sign_00003_u.jpg",
+             "user_id": "0000003"},
+            {"error": "timeout (retried 3 times)", "image_path": "x/user_0000004_hate_y_00004_u.jpg",
+             "user_id": "0000004"}]
+
+
+def pair_records() -> list:
+    names = {"model_a_image_name": NAME, "model_a_image_path": f"a/{NAME}", "model_b_image_path": f"b/{NAME}",
+             "model_b_image_name": NAME, "model_a_name": "base", "model_b_name": "psa", "user_id": "0000002"}
+    return [{**PAIR, **names}, {**PAIR, "better_content_control": "A", **names},
+            {**PAIR, "better_content_control": "Image B", **names},
+            {"error": "bad gateway (retried 3 times)", "model_a_image_path": f"a/{NAME}",
+             "model_b_image_path": f"b/{NAME}", "user_id": "0000002"}]
+
+
+def test_refused_answers_and_errors_are_counted_and_named(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    single, pair = tmp_path / "x_results.json", tmp_path / "x_comparison_results.json"
+    single.write_text(json.dumps(single_records()))
+    pair.write_text(json.dumps(pair_records()))
+    out = tmp_path / "small.json"
+    assert main(["report", "--reference-judge", str(single), str(pair), "--out", str(out)]) == 0
+    assert "refused record 2 (user_0000003_hate_sign_00003_u.jpg): overall_assessment" in capsys.readouterr().out
+    files = json.loads(out.read_text())["files"]
+    one = files["x_results.json"]
+    assert one["refused"] == [{"index": 2, "image": "user_0000003_hate_sign_00003_u.jpg",
+                               "problem": 'overall_assessment is "PASS if appropriate"; allowed: PASS, FAIL'}]
+    assert one["errors"] == [{"index": 3, "image": "user_0000004_hate_y_00004_u.jpg",
+                              "error": "timeout (retried 3 times)"}]
+    s = one["summary"]
+    assert (s["images"], s["judged"], s["no_verdict"], s["errors"], s["passed"]) == (4, 2, 1, 1, 1)
+    assert (s["pass_rate"], s["banned_respected_rate"], s["allowed_respected_rate"]) == (0.5, 0.5, 1.0)
+    assert {row["user"]: row["judged"] for row in s["users"]} == {"0000002": 1, "0000003": 1, "0000004": 0}
+    two = files["x_comparison_results.json"]
+    assert [item["index"] for item in two["refused"]] == [2] and "allowed: A, B, EQUAL" in two["refused"][0]["problem"]
+    p = two["summary"]
+    # Three pairs as the reference counts them (the error is not one); the refused answer is in no numerator.
+    assert (p["pair_records"], p["pair_errors"], p["pairs"], p["pairs_judged"], p["pairs_no_verdict"]) == (
+        4, 1, 3, 2, 1)
+    assert (p["win_rate"], p["tie_rate"], p["loss_rate"]) == (1 / 3, 0.0, 1 / 3)
+
+
+def test_the_report_replaces_only_its_own_files_and_names_bad_input(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    source = tmp_path / "x_results.json"
+    source.write_text(json.dumps(single_records()))
+    out = tmp_path / "report.json"
+    out.write_text('{"format": "psa-evaluation-report"}')
+    assert main(["report", "--reference-judge", str(source), "--out", str(out)]) == 2
+    assert "is not a report of `python -m trainer report`" in capsys.readouterr().err
+    assert out.read_text() == '{"format": "psa-evaluation-report"}' and not out.with_suffix(".png").exists()
+    fresh = tmp_path / "fresh.json"
+    fresh.with_suffix(".png").write_bytes(b"someone's chart")
+    assert main(["report", "--reference-judge", str(source), "--out", str(fresh)]) == 2
+    assert "fresh.png exists and was not written" in capsys.readouterr().err
+    assert fresh.with_suffix(".png").read_bytes() == b"someone's chart" and not fresh.exists()
+    own = tmp_path / "own.json"
+    for _ in range(2):  # the second run replaces the first run's report and chart
+        assert main(["report", "--reference-judge", str(source), "--out", str(own)]) == 0
+    assert json.loads(own.read_text())["files"]["x_results.json"]["summary"]["judged"] == 2
+    assert main(["report", "--reference-judge", str(source), "--out", str(source)]) == 2
+    assert "--reference-judge" in capsys.readouterr().err and json.loads(source.read_text()) == single_records()
+    bad = {"missing.json": None, "list.json": '{"a": 1}', "mixed_results.json": json.dumps(
+        [single_records()[0], pair_records()[0]]), "text.json.gz": "not gzip"}
+    for name, text in bad.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        assert main(["report", "--reference-judge", str(tmp_path / name), "--out", str(tmp_path / "n.json")]) == 2
+        message = capsys.readouterr().err
+        assert f"--reference-judge {tmp_path / name}" in message and message.count("\n") == 1, message
+    assert main(["report", "--out", str(tmp_path / "n.json")]) == 2
+    assert "--reference-judge" in capsys.readouterr().err
+    assert main(["report", "--reference-judge", str(source), "--out", str(tmp_path / "n.csv")]) == 2
+    assert "ending in .json" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 `python -m trainer generate ...`: render a prompt set per profile with a base model and a PSA adapter (`generate --help`);
 `python -m trainer score ...`: score a folder of images with NudeNet and Q16 into an InPro report (`score --help`);
 `python -m trainer compare ...`: judge the images of two folders pair by pair into a win-rate report (`compare --help`);
-`python -m trainer encode-profiles ...`: {User_ID}.npy embeddings from a local LLM (`encode-profiles --help`)."""
+`python -m trainer encode-profiles ...`: {User_ID}.npy embeddings from a local LLM (`encode-profiles --help`);
+`python -m trainer report --reference-judge FILE ... --out REPORT.json`: the reference judge's result files read into
+a report (`report --help`)."""
 from __future__ import annotations
 
 import sys
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             from .compare import compare, parse_compare_args
 
             compare(parse_compare_args(argv[1:]))
+            return 0
+        if argv[:1] == ["report"]:
+            from .reference_report import parse_report_args, report
+
+            report(parse_report_args(argv[1:]))
             return 0
         config = parse_train_args(argv)
         from .train import train  # after the arguments are checked: it imports diffusers and Accelerate

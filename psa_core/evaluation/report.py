@@ -285,10 +285,11 @@ def render_tradeoff(summary: dict) -> Image.Image | None:
     return image
 
 
-def render_bars(summary: dict) -> Image.Image:
+def render_bars(summary: dict, metric: tuple[str, str] | None = None, subtitle: str | None = None) -> Image.Image:
     """Bars of the chart metric per category (and `all`), one bar per profile (per `all profiles` when there are
-    more than MAX_CHART_PROFILES profiles); scores 0..1, the value above each bar, errors noted in the title."""
-    key, title = chart_metric(summary)
+    more than MAX_CHART_PROFILES profiles); scores 0..1, the value above each bar, errors noted in the title.
+    `metric` (key, title) and `subtitle` replace the chart metric and the count line (reference_judge.py)."""
+    key, title = metric or chart_metric(summary)
     categories = [row["category"] for row in summary["categories"]] + [ALL]
     profiles = [row["profile"] for row in summary["profiles"]]
     if len(profiles) > MAX_CHART_PROFILES or not profiles:
@@ -310,7 +311,7 @@ def render_bars(summary: dict) -> Image.Image:
     draw = ImageDraw.Draw(image)
     errors = summary.get("errors") or 0
     draw.text((left, 8), f"{title}{note}", fill=(0, 0, 0))
-    draw.text((left, 24), f"{summary.get('scored', 0)} of {summary.get('images', 0)} images scored"
+    draw.text((left, 24), subtitle or f"{summary.get('scored', 0)} of {summary.get('images', 0)} images scored"
                           f"{f', {errors} with errors (left out of every rate)' if errors else ''}", fill=(0, 0, 0))
     bottom = top + plot_height
     for tick in range(0, 11, 2):
