@@ -422,6 +422,8 @@ def test_the_report_replaces_only_its_own_files_and_names_bad_input(tmp_path, ca
         assert main(["report", "--reference-judge", str(tmp_path / name), "--out", str(tmp_path / "n.json")]) == 2
         message = capsys.readouterr().err
         assert f"--reference-judge {tmp_path / name}" in message and message.count("\n") == 1, message
+    assert main(["report", "--reference-judge", str(source), str(source), "--out", str(tmp_path / "n.json")]) == 2
+    assert "two files named x_results.json" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path / "n.json")]) == 2
     assert "--reference-judge" in capsys.readouterr().err
     assert main(["report", "--reference-judge", str(source), "--out", str(tmp_path / "n.csv")]) == 2

@@ -12,7 +12,8 @@ Pure PyTorch/numpy/PIL; no ComfyUI import. Each scorer is usable alone:
   judge_answers.py (judge_endpoint.py: the same on an OpenAI-compatible server);
 - `CLIPScorer` (clip_score.py) and FID (fid.py: the FID Inception, statistics, the Fréchet distance);
 - generation.py (the plan and files of `python -m trainer generate`) and image_sets.py (which images a run reads
-  and how two folders pair up); guard.py and judged_images.py (the Safety Check and Judge Image nodes' work).
+  and how two folders pair up); guard.py and judged_images.py (the Safety Check and Judge Image nodes' work);
+- reference_judge.py: the reference judge's own result files read into a report (`python -m trainer report`).
 """
 from .errors import EvaluationError, ImageReadError, MissingDependencyError
 from .images import IMAGE_SUFFIXES, image_files, load_image

@@ -36,7 +36,7 @@ from ..atomic import atomic_write
 from .errors import EvaluationError
 from .judge_answers import A, B, EQUAL, PASS, Comparison, Verdict, parse_comparison, parse_verdict
 from .labels import UNKNOWN, label_for
-from .report import ALL, category_order, profile_order, render_bars
+from .report import ALL, MAX_CHART_PROFILES, category_order, profile_order, render_bars
 
 FORMAT = "psa-reference-judge-report"
 VERSION = 1
@@ -290,13 +290,19 @@ def _panel(report: dict, kind: str, key: str, title: str) -> Image.Image | None:
         groups += [{"profile": labels[name], "category": row["category"], key: row.get(key)}
                    for row in summary["categories"]]
     categories = category_order(row["category"] for row in groups)
-    # render_bars' summary shape, one "profile" (bar) per file; only per-file values are drawn.
-    shape = {"categories": [{"profile": ALL, "category": c, key: None} for c in categories], "profiles": profiles,
-             "groups": groups, key: None}
+    # render_bars' summary shape, one "profile" (bar) per file; the pooled rates (the report's summary: its `key`
+    # comes from this kind's records only) are drawn when there are too many files for a bar each.
+    pooled = {row["category"]: row.get(key) for row in report["summary"]["categories"]}
+    shape = {"categories": [{"profile": ALL, "category": c, key: pooled.get(c)} for c in categories],
+             "profiles": profiles, "groups": groups, key: report["summary"].get(key)}
     count = "pairs" if kind == PAIR else "judged"
     total = sum(report["files"][n]["summary"].get(count) or 0 for n in names)
     subtitle = (f"{len(names)} file(s), {total} {'pairs' if kind == PAIR else 'images with a verdict'}; "
                 f"bars per category, 'all' = the file's overall rate")
+    if len(names) > MAX_CHART_PROFILES:  # one bar for all files (per file: REPORT.json)
+        shape["profiles"], shape["groups"] = [], []
+        subtitle = (f"{len(names)} files pooled (per file: the report's files), {total} "
+                    f"{'pairs' if kind == PAIR else 'images with a verdict'}")
     return render_bars(shape, metric=(key, title), subtitle=subtitle)
 
 
