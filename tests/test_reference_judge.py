@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import os
 import re
 import subprocess
@@ -177,7 +178,7 @@ def oracle(eval_gpt) -> ReferencePrompts:
 
 def our_profile(row: dict):
     """The pack's profile of a user_info.csv row, read from the CSV text as a users table gives it."""
-    text = {name: ("None" if isinstance(value, float) and value != value else str(value))
+    text = {name: ("None" if isinstance(value, float) and math.isnan(value) else str(value))
             for name, value in row.items()}
     text["User_ID"] = str(row["User_ID"]).zfill(7)
     return profile_from_dict({name: text[name] for name in (*COLUMNS, "User_ID", "Cluster_ID")})
@@ -252,7 +253,7 @@ def run_report(*args, timeout=120) -> subprocess.CompletedProcess:
 
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "trainer", "report", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          check=False, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

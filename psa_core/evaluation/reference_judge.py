@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..atomic import atomic_write
 from .errors import EvaluationError
-from .judge_answers import A, B, EQUAL, PASS, Comparison, Verdict, parse_comparison, parse_verdict
+from .judge_answers import EQUAL, PASS, A, B, Comparison, Verdict, parse_comparison, parse_verdict
 from .labels import UNKNOWN, label_for
 from .report import ALL, MAX_CHART_PROFILES, category_order, profile_order, render_bars
 
