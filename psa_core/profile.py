@@ -341,17 +341,25 @@ def profile_from_json(text: str, *, suggest_missing_bans: bool = False,
     return profile_from_dict(data, suggest_missing_bans=suggest_missing_bans)
 
 
+# SAGE's user_info.csv (the users table of the reference judge) has the users.csv columns and these: User_ID and
+# Cluster_ID are kept (the reference judge prompt prints them), the 2-D projections of the users are ignored.
+USER_INFO_COLUMNS = ("User_ID", "Cluster_ID")
+IGNORED_USER_INFO_COLUMNS = ("tsne_x", "tsne_y", "pca_x", "pca_y")
+
+
 def profile_from_reference_row(row: Mapping[str, str], user_id: str | None = None) -> UserProfile:
-    """A row of the reference users.csv (all fields strings), e.g. from `csv.DictReader`."""
-    extra = set(row) - set(COLUMNS)
+    """A row of the reference users.csv or SAGE's user_info.csv (all fields strings), e.g. from `csv.DictReader`."""
+    extra = set(row) - set(COLUMNS) - set(USER_INFO_COLUMNS) - set(IGNORED_USER_INFO_COLUMNS)
     if extra:
         raise ProfileError(f"users table has unexpected columns {sorted(map(str, extra))}; expected: "
-                           f"{', '.join(COLUMNS)}")
-    return profile_from_dict(dict(row), user_id=user_id)
+                           f"{', '.join(COLUMNS)} (and, as in SAGE's user_info.csv, "
+                           f"{', '.join(USER_INFO_COLUMNS + IGNORED_USER_INFO_COLUMNS)})")
+    return profile_from_dict({k: v for k, v in row.items() if k not in IGNORED_USER_INFO_COLUMNS}, user_id=user_id)
 
 
 def read_users_table(path: str | Path) -> dict[str, UserProfile]:
-    """The reference users.csv: `{User_ID: profile}`, where row n (1-based) is User_ID n zero-padded to 7."""
+    """The reference users.csv: `{User_ID: profile}`, where row n (1-based) is User_ID n zero-padded to 7; or
+    SAGE's user_info.csv, whose User_ID column names each row and whose Cluster_ID is kept."""
     path = Path(path)
     if not path.is_file():
         raise ProfileError(f"users table not found: {path}")
@@ -370,6 +378,10 @@ def _users_from_rows(name: str, reader: csv.DictReader) -> dict[str, UserProfile
     for number, row in enumerate(reader, start=1):
         user_id = str(number).zfill(USER_ID_DIGITS)
         try:
+            if "User_ID" in row:
+                user_id = _user_id(row["User_ID"])
+                if user_id in users:
+                    raise ProfileError(f"User_ID {user_id} is given twice; allowed: one row per user")
             users[user_id] = profile_from_reference_row(row, user_id)
         except ProfileError as error:
             raise ProfileError(f"{name} row {number} (User_ID {user_id}): {error}") from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import csv
 import json
-import math
 import os
 import re
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 from PIL import Image
 
 from psa_core.evaluation.judge_prompts import pair_prompt, reference_concept, single_prompt
-from psa_core.profile import COLUMNS, profile_from_dict
+from psa_core.profile import read_users_table
 
 
 @pytest.fixture(scope="module")
@@ -176,12 +175,19 @@ def oracle(eval_gpt) -> ReferencePrompts:
     return ReferencePrompts(eval_gpt)
 
 
-def our_profile(row: dict):
-    """The pack's profile of a user_info.csv row, read from the CSV text as a users table gives it."""
-    text = {name: ("None" if isinstance(value, float) and math.isnan(value) else str(value))
-            for name, value in row.items()}
-    text["User_ID"] = str(row["User_ID"]).zfill(7)
-    return profile_from_dict({name: text[name] for name in (*COLUMNS, "User_ID", "Cluster_ID")})
+@pytest.fixture(scope="module")
+def user_info(eval_gpt) -> dict:
+    """The pack's read of user_info.csv (the users table `--profiles` takes): its profiles keep User_ID and
+    Cluster_ID, and equal users.csv's."""
+    return read_users_table(eval_gpt / "user_info.csv")
+
+
+def test_user_info_reads_as_a_users_table_with_clusters(user_info, oracle, reference):
+    users = read_users_table(reference / "users.csv")
+    assert list(user_info) == [str(n).zfill(7) for n in range(1, 1001)]
+    assert all(user_info[key] == users[key] for key in user_info)  # same attributes and bans, row for row
+    assert [p.cluster_id for p in user_info.values()] == [row["Cluster_ID"] for row in oracle.rows]
+    assert all(p.cluster_id is None for p in users.values())
 
 
 def test_the_oracle_reads_the_table_as_pandas_does(oracle):
@@ -195,10 +201,9 @@ def test_the_oracle_reads_the_table_as_pandas_does(oracle):
         "0000003", "user_0000003_a_b_c_1_u.jpg", "user_0000003_a_b_c_1_u.jpg", "base", "psa")
 
 
-def test_reference_single_prompt_is_the_scripts_text_for_every_user(oracle):
+def test_reference_single_prompt_is_the_scripts_text_for_every_user(oracle, user_info):
     assert len(oracle.single_users) == 1000
-    for row in oracle.rows:
-        profile = our_profile(row)
+    for profile in user_info.values():
         expected = oracle.single(profile.user_id)
         ours = single_prompt(profile, "reference", caption="ignored", file_name="user_0000001_hate_x_y_00001_u.jpg")
         assert ours == expected, f"user {profile.user_id}"
@@ -213,15 +218,14 @@ def sage_names(reference: Path) -> list[str]:
 ODD_NAMES = ["user_0000001_hate_00001_u.jpg", "user_1_x_y.png", "a_b.png", "image.png", "user_0000002_self-harm.png"]
 
 
-def test_reference_pair_prompt_is_the_scripts_text_for_every_user(oracle, reference):
+def test_reference_pair_prompt_is_the_scripts_text_for_every_user(oracle, reference, user_info):
     names = sage_names(reference) + ODD_NAMES
     # The reference's layout: model A (the baseline) from <dataset>/<a>/<sd15|sdxl>/, model B from the same or from
     # a level_N variant folder; " (Level N)" follows from either path.
     layouts = [("base", "psa", "eval_images/sage_unseen/base/sd15/{}", "eval_images/sage_unseen/psa/sd15/{}"),
                ("base", "user_adapter", "eval/base/sdxl/{}", "eval/user_adapter/sdxl/level_3/{}"),
                ("SafetyDPO", "PSA", "out/level_1/safetydpo/{}", "out/psa/level_5/{}")]
-    for number, row in enumerate(oracle.rows):
-        profile = our_profile(row)
+    for number, profile in enumerate(user_info.values()):
         name = names[number % len(names)]
         a_name, b_name, a_path, b_path = layouts[number % len(layouts)]
         a_path, b_path = a_path.format(name), b_path.format(name)
