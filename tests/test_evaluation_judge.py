@@ -95,7 +95,7 @@ def test_pair_prompt_has_every_field_and_the_users_information(mode):
         assert f'"{name}"' in prompt, name
     check_profile_present(prompt, LEVEL_2, flat=True)
     data = user_json(prompt)
-    assert "Cluster_ID" in data and data["Cluster_ID"] is None  # the pack has no clusters
+    assert "Cluster_ID" in data and data["Cluster_ID"] is None  # the evaluation users carry no SAGE cluster
     assert '"A"' in prompt and '"B"' in prompt and '"EQUAL"' in prompt
 
 
