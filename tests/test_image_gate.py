@@ -129,6 +129,45 @@ def test_headers_that_lie_cost_no_memory(files, tmp_path):
         assert gif["error"] == "ImageReadError" and f"{BOMB_SIDE}x{BOMB_SIDE} is 144000000 pixels" in gif["message"]
 
 
+# The trainer's command line run in-process, writing its peak RSS (kB) to the file named first when it exits.
+PEAK_WRAPPER = """import atexit, pathlib, runpy, sys
+peak = pathlib.Path(sys.argv.pop(1))
+atexit.register(lambda: peak.write_text(next(line.split()[1] for line in open("/proc/self/status")
+                                             if line.startswith("VmHWM:"))))
+sys.argv[0] = "trainer"
+runpy.run_module("trainer", run_name="__main__", alter_sys=True)
+"""
+
+
+def score_peak_mib(images: Path, out: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CHILD.parents[1])}
+    env.pop(MAX_PIXELS_ENV, None)
+    peak = out.with_suffix(".peak")
+    done = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak), "score", "--images", str(images), "--out",
+                           str(out), "--device", "cpu"], cwd=CHILD.parents[1], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    return done, int(peak.read_text()) / 1024
+
+
+@pytest.mark.slow
+def test_score_refuses_the_bomb_with_under_100_mib_more_memory_than_without_it(files, tmp_path):
+    """`python -m trainer score` end to end (NudeNet): a folder with the bomb peaks no more than 100 MiB above the
+    same folder without it (before the gate: about 2 GB more)."""
+    plain, bombed = tmp_path / "plain", tmp_path / "bombed"
+    for folder in (plain, bombed):
+        folder.mkdir()
+        Image.open(files["normal"]).save(folder / "a.png")
+    (bombed / "b.png").write_bytes(files["bomb"].read_bytes())
+    without, peak_without = score_peak_mib(plain, tmp_path / "plain.json")
+    with_bomb, peak_with = score_peak_mib(bombed, tmp_path / "bombed.json")
+    assert without.returncode == 0 and with_bomb.returncode == 0, with_bomb.stderr[-2000:]
+    assert peak_with - peak_without < MAX_INCREASE_MIB, (peak_without, peak_with)
+    rows = {row["file"]: row for row in json.loads((tmp_path / "bombed.json").read_text())["images"]}
+    assert rows["a.png"]["errors"] == [] and rows["b.png"]["nudenet"] is None
+    assert f"image {bombed / 'b.png'}: {BOMB_SIDE}x{BOMB_SIDE} is 144000000 pixels" in rows["b.png"]["errors"][0]
+    assert "1 image could not be scored" in with_bomb.stdout + with_bomb.stderr
+
+
 # ---- in this process: damaged files, formats, frames, the bound's setting, bit-identical reads -------------------
 
 READERS_HERE = {"open_image": lambda path: _open(path), "load_rgb": load_rgb, "load_image": load_image}
