@@ -55,7 +55,8 @@ def max_image_pixels() -> int:
     return value
 
 
-def _check_pixels(image: Image.Image, path: str | os.PathLike) -> None:
+def check_pixels(image: Image.Image, path: str | os.PathLike) -> None:
+    """ImageReadError naming `path` when `image` (opened, not yet decoded) has more pixels than `max_image_pixels()`."""
     width, height = image.size
     limit = max_image_pixels()
     if width * height > limit:
@@ -79,7 +80,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     for a file that is no image of IMAGE_FORMATS or that has more pixels than `max_image_pixels()`."""
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as image:
-            _check_pixels(image, path)
+            check_pixels(image, path)
             return image.size
     except PSAError:
         raise
@@ -94,7 +95,7 @@ def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
     conversion of the image), becomes an ImageReadError naming the file."""
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as image:
-            _check_pixels(image, path)
+            check_pixels(image, path)
             # PIL fills a truncated file's missing rows with grey only when LOAD_TRUNCATED_IMAGES is set, which some
             # code in a ComfyUI process sets globally; it is held off while this file decodes.
             with _TRUNCATION_LOCK:
@@ -112,4 +113,4 @@ def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_FORMATS", "IMAGE_READ_ERRORS", "MAX_PIXELS_ENV", "ImageReadError",
-           "image_size", "max_image_pixels", "open_image"]
+           "check_pixels", "image_size", "max_image_pixels", "open_image"]

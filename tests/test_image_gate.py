@@ -238,6 +238,14 @@ def test_the_bound_is_checked_on_the_header_and_can_be_raised(tmp_path, monkeypa
         assert np.array_equal(np.asarray(read(normal)), np.asarray(textured(40)))
 
 
+def test_a_pil_image_opened_but_not_decoded_is_bounded_like_its_file(files):
+    with Image.open(files["bomb"]) as image, pytest.raises(ImageReadError, match=rf"image {files['bomb']}: "
+                                                                              rf"12000x12000 is 144000000 pixels"):
+        load_image(image)
+    with Image.open(files["normal"]) as image:
+        assert load_image(image).size == (40, 30)
+
+
 @pytest.mark.parametrize("value", ["many", "0", "-5", "1e9", "12.5"])
 def test_a_bound_that_is_no_whole_positive_number_is_refused_naming_the_variable(tmp_path, monkeypatch, value):
     path = tmp_path / "normal.png"

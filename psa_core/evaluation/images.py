@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import shown
-from ..images import IMAGE_READ_ERRORS, ImageReadError, open_image
+from ..images import IMAGE_READ_ERRORS, ImageReadError, check_pixels, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -69,8 +69,12 @@ def load_image(source: object) -> Image.Image:
             return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(source, Image.Image):
         try:
+            if getattr(source, "tile", None):  # opened from a file, not decoded yet: the bound of a file applies
+                check_pixels(source, getattr(source, "filename", None) or "given as a PIL image")
             source.load()
             return _to_rgb(source)
+        except ImageReadError:
+            raise
         except IMAGE_READ_ERRORS as error:
             raise ImageReadError(f"the image cannot be decoded ({str(error)[:200]})") from None
     if hasattr(source, "detach") and hasattr(source, "cpu"):  # a torch tensor, without importing torch here
