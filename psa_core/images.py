@@ -1,5 +1,6 @@
-"""The one gate every image file of the pack passes before it is decoded (training, build-data, score, compare,
-generate, the judge, FID, CLIPScore; docs/evaluation.md §7 "Images", docs/training.md §7).
+"""The one gate every image file of the pack passes before it is decoded (the training cache, score, compare,
+generate, NudeNet, Q16, the judge, FID, CLIPScore, the Safety Check's scorer; docs/evaluation.md §7 "Images",
+docs/training.md §7). build-data and the nodes read no image files.
 
 A file is opened by PIL in one of the formats in IMAGE_FORMATS only (no other PIL plugin parses it), its pixel count
 (width × height from the header, after PIL has read the first frame's descriptor) is checked against
