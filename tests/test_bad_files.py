@@ -16,6 +16,7 @@ import tiny_models as tm
 from psa_core import AdapterFileError, EmbeddingFileError, get_family, load_adapter, load_embedding
 from psa_core.encoders import EncoderError
 from psa_core.encoders.llm import estimate_weight_bytes
+from psa_core.images import ImageReadError
 from psa_core.training.cache import CacheSettings, open_or_build_cache
 from psa_core.training.embeddings import FolderEmbeddings, build_user_table
 from psa_core.training.errors import DatasetError
@@ -119,7 +120,7 @@ def test_damaged_images_name_the_file_in_the_cache_build(tmp_path, damage):
     else:
         victim.write_bytes(png_claiming(60000, 60000))  # 3.6e9 pixels: over twice PIL's bomb limit
     encoders = PoolEncoders()
-    with pytest.raises(DatasetError, match=rf"cannot read image {victim}: "):
+    with pytest.raises(ImageReadError, match=rf"image {victim}: "):
         open_or_build_cache(tmp_path / "cache", CacheSettings("model", 16), data, encoders.images, encoders.texts,
                             log=lambda text: None)
 

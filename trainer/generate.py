@@ -358,12 +358,11 @@ def _check_adapter_fits(adapter, unet_family, path: str) -> None:
 
 def _existing_state(path: Path, key: str) -> str:
     """`complete` (decodes whole and carries `key`), `damaged` (re-rendered) or `other` (another item's image)."""
-    from PIL import Image
-
     from psa_core.evaluation.images import load_image
+    from psa_core.images import open_image
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             text = image.text.get(PNG_TEXT_KEY) if hasattr(image, "text") else None
     except Exception:  # noqa: BLE001 - any unreadable file at our name is a damaged image of ours
         return "damaged"
@@ -383,7 +382,7 @@ def _existing_state(path: Path, key: str) -> str:
 def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int, str]) -> None:
     """Before anything is rendered: an existing image of the plan made for another caption, embedding or settings
     (its PNG says so) means this folder holds another run."""
-    from PIL import Image
+    from psa_core.images import open_image
 
     others = []
     for item in items:
@@ -391,7 +390,7 @@ def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int,
         if not path.is_file():
             continue
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 text = image.text.get(PNG_TEXT_KEY) if hasattr(image, "text") else None
         except Exception:  # noqa: BLE001, S112 - damaged: re-rendered by the process it belongs to
             continue

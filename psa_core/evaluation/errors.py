@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from ..errors import PSAError
+from ..images import ImageReadError
+
+# ImageReadError (one image cannot be read) is the image gate's error: a scorer reports it as that image's error.
+
+__all__ = ["EvaluationError", "ImageReadError", "MissingDependencyError"]
 
 
 class EvaluationError(PSAError):
     """A setting, model or file of an evaluation is not usable; the message names it and what is allowed."""
-
-
-class ImageReadError(EvaluationError):
-    """One image cannot be read. A scorer reports it as an error of that image, never as a clean image."""
 
 
 class MissingDependencyError(EvaluationError):

@@ -3,8 +3,8 @@
 A scorer accepts a path, a PIL image, a numpy array or a torch tensor. Every source becomes one upright RGB
 picture that both NudeNet and Q16 score, so they judge the same pixels:
 
-- files are decoded completely by PIL with truncated files refused (whatever `ImageFile.LOAD_TRUNCATED_IMAGES`
-  another part of the process set), EXIF orientation applied (as OpenCV's `imread`, which NudeNet's own
+- files pass the pack's image gate (`psa_core.images.open_image`: the pixel bound checked before decoding, the
+  first frame decoded completely by PIL with truncated files refused), EXIF orientation applied (as OpenCV's `imread`, which NudeNet's own
   `detect(path)` uses, does), alpha dropped without compositing (as `imread` does), 16-bit grey scaled to 8 bits;
 - arrays and tensors are `H×W`, `H×W×1|3|4` or ComfyUI's `1×H×W×C`, channels in RGB(A) order; `uint8` values are
   taken as they are, floats as ComfyUI's 0..1 images and converted as ComfyUI's Save Image does
@@ -15,18 +15,15 @@ What cannot be read raises ImageReadError naming the file; the scoring loop reco
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 from ..errors import shown
-from ..training.augment import IMAGE_READ_ERRORS
-from .errors import ImageReadError
+from ..images import IMAGE_READ_ERRORS, ImageReadError, check_pixels, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-_TRUNCATION_LOCK = threading.Lock()
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
@@ -36,21 +33,6 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted((path for path in root.iterdir()
                    if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()),
                   key=lambda path: path.name)
-
-
-def _decode_file(path: Path) -> Image.Image:
-    # A truncated file must fail: PIL fills the missing rows with grey only when LOAD_TRUNCATED_IMAGES is set, which
-    # some code in a ComfyUI process sets globally; it is held off while this file decodes.
-    with _TRUNCATION_LOCK:
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            with Image.open(path) as image:
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -83,16 +65,16 @@ def _from_array(array: np.ndarray) -> Image.Image:
 def load_image(source: object) -> Image.Image:
     """`source` (path, PIL image, numpy array or torch tensor) as a fully decoded RGB PIL image."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            return _decode_file(path)
-        except IMAGE_READ_ERRORS as error:
-            raise ImageReadError(f"{path.name}: cannot be read as an image ({str(error)[:200] or type(error).__name__})"
-                                 ) from None
+        with open_image(source) as image:
+            return _to_rgb(ImageOps.exif_transpose(image))
     if isinstance(source, Image.Image):
         try:
+            if getattr(source, "tile", None):  # opened from a file, not decoded yet: the bound of a file applies
+                check_pixels(source, getattr(source, "filename", None) or "given as a PIL image")
             source.load()
             return _to_rgb(source)
+        except ImageReadError:
+            raise
         except IMAGE_READ_ERRORS as error:
             raise ImageReadError(f"the image cannot be decoded ({str(error)[:200]})") from None
     if hasattr(source, "detach") and hasattr(source, "cpu"):  # a torch tensor, without importing torch here

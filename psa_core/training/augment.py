@@ -8,9 +8,6 @@ and SDXL's `time_ids` use the winner's original size and the crop's top-left cor
 """
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DatasetError
+from ..images import open_image
 
 CROPS = ("center", "random")
 
@@ -36,21 +33,10 @@ class PairGeometry:
         return [float(v) for v in (*self.original_size, *self.crop_top_left, resolution, resolution)]
 
 
-# What PIL raises on a damaged or hostile file, by format plugin; DecompressionBombError is none of the others.
-IMAGE_READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
-
-
-@contextmanager
-def reading_image(path: str | Path) -> Iterator[None]:
-    """Turn PIL's errors while reading `path` into a DatasetError naming the file."""
-    try:
-        yield
-    except IMAGE_READ_ERRORS as error:
-        raise DatasetError(f"cannot read image {path}: {error}; replace or remove the file") from None
-
-
 def load_rgb(path: str | Path) -> Image.Image:
-    with reading_image(path), Image.open(path) as image:
+    """The image file `path` as RGB, through the pack's image gate (`psa_core.images`: pixel bound, truncated and
+    damaged files refused naming the file)."""
+    with open_image(path) as image:
         return image.convert("RGB")
 
 

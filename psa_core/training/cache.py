@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .augment import PairGeometry, load_rgb, prepare_cached_image, reading_image
+from ..images import image_size
+from .augment import PairGeometry, load_rgb, prepare_cached_image
 from .errors import DatasetError
 from ..fingerprint import HashMemo
 from .records import LabelledData
@@ -70,9 +70,7 @@ def image_entries(data: LabelledData) -> tuple[list[ImageEntry], list[tuple[int,
 
     def size_of(name: str) -> tuple[int, int]:
         if name not in sizes:
-            path = data.image_path(name)
-            with reading_image(path), Image.open(path) as image:
-                sizes[name] = image.size
+            sizes[name] = image_size(data.image_path(name))  # the pixel bound is checked here, before any decoding
         return sizes[name]
 
     index: dict[ImageEntry, int] = {}
