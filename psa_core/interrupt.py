@@ -18,6 +18,13 @@ class Interrupted(BaseException):
     """The caller's `should_stop` asked to stop; nothing was finished."""
 
 
+def is_interrupt(error: BaseException) -> bool:
+    """Whether `error` stops the whole run: Interrupted, or ComfyUI's own interrupt, which its layers raise in their
+    forward (an Exception in ComfyUI 0.3.x, so a handler of one image's failure would catch it; recognised by
+    name, psa_core does not import ComfyUI)."""
+    return isinstance(error, Interrupted) or type(error).__name__ == "InterruptProcessingException"
+
+
 def check_stop(should_stop: ShouldStop | None) -> None:
     """Raise Interrupted when `should_stop` (if any) says so."""
     if should_stop is not None and should_stop():
@@ -40,4 +47,4 @@ def stopping_criteria(should_stop: ShouldStop | None):
     return StoppingCriteriaList([_Stop()])
 
 
-__all__ = ["Interrupted", "ShouldStop", "check_stop", "stopping_criteria"]
+__all__ = ["Interrupted", "ShouldStop", "check_stop", "is_interrupt", "stopping_criteria"]

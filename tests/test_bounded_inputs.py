@@ -182,19 +182,25 @@ def test_the_rewriter_stops_between_tokens(tmp_path, one_thread):
     assert len(calls) == 3
 
 
-def test_the_nodes_end_an_interrupted_run_as_comfyuis_interrupt(pack):
+@pytest.mark.parametrize("where", ["should_stop", "comfy layer"])
+def test_the_nodes_end_an_interrupted_run_as_comfyuis_interrupt(pack, where):
+    """Seen by the judge's should_stop (psa_core's Interrupted), or raised by ComfyUI's own check in the forward of
+    a comfy.ops layer (an Exception in ComfyUI 0.3.x, which the judge must not take for one image's failure)."""
     import comfy.model_management as mm
 
     checked_node = pack.nodes.checked_node
 
     def interrupted_answer(prompt, images):
         mm.interrupt_current_processing(True)  # what POST /interrupt does
-        check_stop(checked_node.comfy_should_stop)
-        raise AssertionError("should_stop did not see ComfyUI's interrupt flag")
+        if where == "should_stop":
+            check_stop(checked_node.comfy_should_stop)
+        else:
+            mm.throw_exception_if_processing_interrupted()
+        raise AssertionError("the interrupt flag was not seen")
 
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            pack.nodes.nodes_judge.PSAJudgeImage.execute(images=torch.rand(1, 16, 16, 3), profile=LEVEL_3,
+            pack.nodes.nodes_judge.PSAJudgeImage.execute(images=torch.rand(2, 16, 16, 3), profile=LEVEL_3,
                                                          judge=VLMJudge(interrupted_answer), mode="blind")
         assert not mm.processing_interrupted()  # spent, as ComfyUI's own check leaves it: the next prompt runs
     finally:

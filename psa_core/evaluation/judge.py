@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..interrupt import ShouldStop, check_stop, stopping_criteria
+from ..interrupt import ShouldStop, check_stop, is_interrupt, stopping_criteria
 from ..profile import UserProfile
 from ..text_limits import check_text
 from .errors import EvaluationError
@@ -121,11 +121,12 @@ class VLMJudge:
 
 def attempt(call: Callable[[], T]) -> tuple[T | None, Exception | None]:
     """`(call(), None)`, or `(None, error)` when the judge fails on this one image or pair (an unreadable image, a
-    model or server error). Out of memory is raised: it is the run's problem (a smaller precision or model)."""
+    model or server error). Out of memory and an interrupt are raised: they are the run's (a smaller precision or
+    model; the user stopped it)."""
     try:
         return call(), None
     except Exception as error:  # noqa: BLE001 - recorded by the caller for this image or pair
-        if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or is_interrupt(error):
             raise
         return None, error
 
