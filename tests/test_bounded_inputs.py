@@ -205,3 +205,21 @@ def test_the_nodes_end_an_interrupted_run_as_comfyuis_interrupt(pack, where):
         assert not mm.processing_interrupted()  # spent, as ComfyUI's own check leaves it: the next prompt runs
     finally:
         mm.interrupt_current_processing(False)
+
+
+def test_safety_check_lets_comfyuis_interrupt_through(pack):
+    """The scorer's CLIP vision model runs comfy.ops layers, whose forward raises ComfyUI's interrupt: the prompt
+    stops, rather than every image being reported as not scored."""
+    import comfy.model_management as mm
+
+    from psa_core.evaluation.guard import check_images
+
+    def interrupted_scorer(batch):
+        mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            check_images(torch.rand(2, 16, 16, 3), ["Hate"], scorer=interrupted_scorer)
+    finally:
+        mm.interrupt_current_processing(False)
