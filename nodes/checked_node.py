@@ -4,9 +4,15 @@ ComfyUI runs its own range and option checks only for the inputs that a node's v
 for none when it takes **kwargs), so a hand-written validate_inputs silently turns them off. CheckedNode generates
 validate_inputs naming only what the pack must check itself: every float input (NaN passes any range check), every
 combo (ComfyUI 0.3.x never checks a V3 node's combo values: it looks for a list where V3 declares "COMBO"), every
+text input (ComfyUI has no length bound for one: each gets `text_limit`, from psa_core/text_limits.py), every
 input in PATH_INPUTS (names of files and folders, under psa_core.paths), and the parameters of the node's
-check_inputs. Those inputs are re-checked against the schema (range, options) first, so no declared limit goes
-unchecked; ComfyUI keeps checking all the others.
+check_inputs. Those inputs are re-checked against the schema (range, options, length) first, so no declared limit
+goes unchecked; ComfyUI keeps checking all the others (a text input has nothing else to check: ComfyUI still turns
+a literal into text before any of this).
+
+Long model work in psa_core stops when the `should_stop` it is given says so, raising psa_core's `Interrupted`;
+nodes pass `comfy_should_stop`, and every CheckedNode's `execute` turns `Interrupted` into ComfyUI's own interrupt,
+so the prompt ends as interrupted.
 
 At validation a linked input arrives as None, like a literal null, and is left alone; so `execute` checks the same
 widgets and names again, and every int input, with the values it is actually given (a NaN or an out-of-range number
@@ -23,15 +29,20 @@ from typing import Any, ClassVar
 from comfy_api.latest import io
 
 from ..psa_core.errors import InputError, PSAError, shown
+from ..psa_core.interrupt import Interrupted
 from ..psa_core.numbers import check_number
+from ..psa_core.text_limits import MAX_PATH_CHARS, MAX_PROMPT_CHARS, check_text
 from .comfy_paths import ReadPath, WriteName
 
 MAX_LISTED_OPTIONS = 20
 
 
-def check_widget(spec: io.Input, value: Any) -> None:
-    """The limits the schema declares for one widget input: range and finiteness, or the options of a combo."""
-    if isinstance(spec, (io.Float.Input, io.Int.Input)):
+def check_widget(spec: io.Input, value: Any, text_limit: int = MAX_PROMPT_CHARS) -> None:
+    """The limits the schema declares for one widget input: range and finiteness, the options of a combo, or (a
+    text input) at most `text_limit` characters."""
+    if isinstance(spec, io.String.Input):
+        check_text(value, spec.id, text_limit)
+    elif isinstance(spec, (io.Float.Input, io.Int.Input)):
         check_number(value, spec.id, spec.min, spec.max, integer=isinstance(spec, io.Int.Input))
     elif isinstance(spec, io.Combo.Input) and value not in spec.options:
         options = spec.options
@@ -54,6 +65,13 @@ class CheckedNode(io.ComfyNode):
     linked or absent; raise PSAError) for checks across inputs or of their content."""
 
     PATH_INPUTS: ClassVar[Mapping[str, ReadPath | WriteName]] = {}
+    # The length bound of a text input not named here: MAX_PATH_CHARS for a path input, else MAX_PROMPT_CHARS.
+    TEXT_LIMITS: ClassVar[Mapping[str, int]] = {}
+
+    @classmethod
+    def text_limit(cls, name: str) -> int:
+        """The most characters text input `name` takes (its tooltip states it)."""
+        return cls.TEXT_LIMITS.get(name, MAX_PATH_CHARS if name in cls.PATH_INPUTS else MAX_PROMPT_CHARS)
 
     @classmethod
     def check_inputs(cls) -> None:
@@ -75,7 +93,7 @@ class CheckedNode(io.ComfyNode):
             if name not in schema or (value is None and not (at_run and not schema[name].optional)):
                 continue
             try:
-                check_widget(schema[name], value)
+                check_widget(schema[name], value, cls.text_limit(name))
                 if name in cls.PATH_INPUTS:
                     cls.PATH_INPUTS[name].check(value, name)
             except PSAError as error:
@@ -92,10 +110,11 @@ class CheckedNode(io.ComfyNode):
                             "ComfyUI's own checks of every input it names)")
         schema = cls.define_schema()
         inputs = [spec.id for spec in schema.inputs]
-        names = [spec.id for spec in schema.inputs if isinstance(spec, (io.Float.Input, io.Combo.Input))]
+        names = [spec.id for spec in schema.inputs
+                 if isinstance(spec, (io.Float.Input, io.Combo.Input, io.String.Input))]
         names += [*cls.PATH_INPUTS, *inspect.signature(cls.check_inputs).parameters]
         names = list(dict.fromkeys(names))
-        unknown = [name for name in names if name not in inputs]
+        unknown = [name for name in [*names, *cls.TEXT_LIMITS] if name not in inputs]
         if unknown:
             raise TypeError(f"{cls.__name__}: checks name inputs it does not have: {unknown}")
         cls._CHECKED_INPUTS = tuple(names)
@@ -103,7 +122,7 @@ class CheckedNode(io.ComfyNode):
             cls.validate_inputs = classmethod(_validator(names))
         # At run time also every int: ComfyUI checks a linked int's range at no point.
         at_run = list(dict.fromkeys(names + [spec.id for spec in schema.inputs if isinstance(spec, io.Int.Input)]))
-        if at_run and "execute" in cls.__dict__:
+        if "execute" in cls.__dict__:
             cls.execute = classmethod(_checked_execute(cls.__dict__["execute"].__func__, at_run))
 
 
@@ -129,6 +148,25 @@ def _checked_execute(execute, names: list[str]):
     def checked(cls, *args: Any, **kwargs: Any):
         given = signature.bind(cls, *args, **kwargs).arguments
         cls.check_widgets({name: given[name] for name in names if name in given}, at_run=True)
-        return execute(cls, *args, **kwargs)
+        try:
+            return execute(cls, *args, **kwargs)
+        except Interrupted:
+            raise_comfy_interrupt()
 
     return checked
+
+
+def comfy_should_stop() -> bool:
+    """ComfyUI's interrupt flag (set by /interrupt and the Cancel button): the `should_stop` nodes give psa_core."""
+    import comfy.model_management
+
+    return comfy.model_management.processing_interrupted()
+
+
+def raise_comfy_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception, clearing the flag as its own check does (the prompt ends as
+    interrupted, and the next prompt starts clean)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    raise comfy.model_management.InterruptProcessingException()  # the flag was cleared meanwhile

@@ -21,8 +21,9 @@ from ..psa_core.dataset_build.provenance import rendered_settings
 from ..psa_core.encoders import DTYPE_CHOICES
 from ..psa_core.errors import shown
 from ..psa_core.fingerprint import file_fingerprint
+from ..psa_core.text_limits import MAX_NAME_CHARS, MAX_NAME_LIST_CHARS, MAX_PATH_CHARS, MAX_PROMPT_CHARS, limit_text
 from ..psa_core.training.errors import DatasetError
-from .checked_node import CheckedNode, about
+from .checked_node import CheckedNode, about, comfy_should_stop
 from .comfy_paths import DATASET_FOLDER, LLM_FOLDER, OUTSIDE_RULE, PROMPT_PAIR_FILE
 from .model_memory import DEVICE_TOOLTIP, DEVICES, ComfyPlacement, NodeProgress
 
@@ -46,6 +47,7 @@ def load_prompt_pairs(file: str, extra_categories: str) -> PromptPairs:
 
 class PSALoadPromptPairs(CheckedNode):
     PATH_INPUTS = {"file": PROMPT_PAIR_FILE}
+    TEXT_LIMITS = {"extra_categories": MAX_NAME_LIST_CHARS}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -69,7 +71,8 @@ class PSALoadPromptPairs(CheckedNode):
                 io.String.Input("extra_categories", default="",
                                 tooltip="Categories beyond the seven that the file may use, comma-separated (letters, "
                                         "spaces, hyphens). They are recorded in the dataset's dataset.json; no "
-                                        "profile can ban them, so training always prefers their unsafe image."),
+                                        "profile can ban them, so training always prefers their unsafe image. "
+                                        f"{limit_text(MAX_NAME_LIST_CHARS)}"),
             ],
             outputs=[
                 io.String.Output(display_name="unsafe_prompt", tooltip="The prompt that shows the category."),
@@ -116,6 +119,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 class PSASavePreferencePair(CheckedNode):
     PATH_INPUTS = {"dataset": DATASET_FOLDER}
+    TEXT_LIMITS = {"category": MAX_NAME_CHARS, "concept": MAX_NAME_CHARS, "extra_categories": MAX_NAME_LIST_CHARS}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -133,18 +137,23 @@ class PSASavePreferencePair(CheckedNode):
                 io.Image.Input("unsafe_images", tooltip="Rendered from the unsafe prompt (a batch gives one pair "
                                                         "per image, with the safe image of the same batch index)."),
                 io.Image.Input("safe_images", tooltip="Rendered from the safe prompt with the same seed and settings."),
-                io.String.Input("unsafe_prompt", force_input=True, tooltip="The prompt of the unsafe images."),
-                io.String.Input("safe_prompt", force_input=True, tooltip="The prompt of the safe images."),
+                io.String.Input("unsafe_prompt", force_input=True,
+                                tooltip=f"The prompt of the unsafe images. {limit_text(MAX_PROMPT_CHARS)}"),
+                io.String.Input("safe_prompt", force_input=True,
+                                tooltip=f"The prompt of the safe images. {limit_text(MAX_PROMPT_CHARS)}"),
                 io.String.Input("category", force_input=True,
-                                tooltip="One of the 7 categories or a declared extra category."),
-                io.String.Input("concept", force_input=True, tooltip="What the pair is about (part of the names)."),
+                                tooltip="One of the 7 categories or a declared extra category. "
+                                        f"{limit_text(MAX_NAME_CHARS)}"),
+                io.String.Input("concept", force_input=True,
+                                tooltip=f"What the pair is about (part of the names). {limit_text(MAX_NAME_CHARS)}"),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, force_input=True,
                              tooltip="The seed both samplers used (link the same seed to them and here)."),
                 io.String.Input("dataset", default=DEFAULT_DATASET,
-                                tooltip="The dataset folder, inside ComfyUI's output folder ('/' for subfolders)."),
+                                tooltip="The dataset folder, inside ComfyUI's output folder ('/' for subfolders). "
+                                        f"{limit_text(MAX_PATH_CHARS)}"),
                 io.String.Input("extra_categories", default="", optional=True, force_input=True,
                                 tooltip="Extra categories declared by PSA Load Prompt Pairs (recorded in "
-                                        "dataset.json)."),
+                                        f"dataset.json). {limit_text(MAX_NAME_LIST_CHARS)}"),
             ],
             outputs=[io.String.Output(display_name="pairs_file", tooltip="The dataset's pairs.jsonl, for training.")],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
@@ -174,6 +183,7 @@ class PSASavePreferencePair(CheckedNode):
 
 class PSARewritePrompt(CheckedNode):
     PATH_INPUTS = {"llm": LLM_FOLDER}
+    TEXT_LIMITS = {"category": MAX_NAME_CHARS, "concept": MAX_NAME_CHARS}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -188,21 +198,24 @@ class PSARewritePrompt(CheckedNode):
                         "gives the same rewrite. The model runs under ComfyUI's memory manager and stays loaded for "
                         "the next rewrite until ComfyUI needs the memory.",
             inputs=[
-                io.String.Input("prompt", multiline=True, default="", tooltip="The unsafe prompt to rewrite."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip=f"The unsafe prompt to rewrite. {limit_text(MAX_PROMPT_CHARS)}"),
                 io.String.Input("llm", default="Qwen2.5-7B-Instruct",
-                                tooltip=f"The LLM folder: a folder name under models/LLM/ ({OUTSIDE_RULE})."),
+                                tooltip=f"The LLM folder: a folder name under models/LLM/ ({OUTSIDE_RULE}). "
+                                        f"{limit_text(MAX_PATH_CHARS)}"),
                 io.String.Input("instruction", multiline=True, default=DEFAULT_INSTRUCTION,
                                 tooltip="What the LLM is asked: <<PROMPT>> (required) is the unsafe prompt; "
-                                        "<<CATEGORY>> and <<CONCEPT>> the optional inputs below."),
+                                        "<<CATEGORY>> and <<CONCEPT>> the optional inputs below. "
+                                        f"{limit_text(MAX_PROMPT_CHARS)}"),
                 io.Int.Input("max_new_tokens", default=DEFAULT_MAX_NEW_TOKENS, min=1, max=1024,
                              tooltip="The longest reply, in tokens; the first line of the reply is the rewrite."),
                 io.Combo.Input("precision", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="LLM precision; 'auto' uses the checkpoint's dtype."),
                 io.Combo.Input("device", options=list(DEVICES), default="auto", tooltip=DEVICE_TOOLTIP),
                 io.String.Input("category", default="", optional=True, force_input=True,
-                                tooltip="The unsafe prompt's category, for <<CATEGORY>>."),
+                                tooltip=f"The unsafe prompt's category, for <<CATEGORY>>. {limit_text(MAX_NAME_CHARS)}"),
                 io.String.Input("concept", default="", optional=True, force_input=True,
-                                tooltip="The pair's concept, for <<CONCEPT>>."),
+                                tooltip=f"The pair's concept, for <<CONCEPT>>. {limit_text(MAX_NAME_CHARS)}"),
             ],
             outputs=[io.String.Output(display_name="safe_prompt", tooltip="The LLM's safe rewrite.")],
         )
@@ -223,7 +236,7 @@ class PSARewritePrompt(CheckedNode):
         progress = NodeProgress()
         rewriter = PromptRewriter(LLM_FOLDER.find(llm, "llm"), instruction, dtype=precision,
                                   max_new_tokens=max_new_tokens, placement=ComfyPlacement(device, "PSA Rewrite Prompt"),
-                                  progress=progress)
+                                  progress=progress, should_stop=comfy_should_stop)
         rewrite = rewriter.rewrite([prompt], [category], [concept])[0]
         progress.finish()
         return io.NodeOutput(rewrite)

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..psa_core.errors import InputError
 from ..psa_core.evaluation.guard import BLUR, MODES, ClipVisionEmbedder, check_images, default_scorer
 from ..psa_core.evaluation.q16 import Q16Classifier
+from ..psa_core.text_limits import MAX_PATH_CHARS, limit_text
 from .checked_node import CheckedNode
 from .comfy_paths import OUTSIDE_RULE, ReadPath, model_folders
 from .model_folders import ADAPTERS
@@ -43,7 +44,7 @@ class PSASafetyCheck(CheckedNode):
                 io.String.Input("q16_prompts", default="", optional=True,
                                 tooltip="The Q16 prompt embeddings (reference prompts.p, .npy or .safetensors): a "
                                         f"file name in models/psa/ or models/clip_vision/ ({OUTSIDE_RULE}). Empty: "
-                                        "no Q16."),
+                                        f"no Q16. {limit_text(MAX_PATH_CHARS)}"),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The images, violating ones blurred or black as "

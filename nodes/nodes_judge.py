@@ -8,7 +8,8 @@ from ..psa_core.encoders.llm import DTYPE_CHOICES, DTYPES, read_model_config, re
 from ..psa_core.evaluation.judge import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, VLMJudge
 from ..psa_core.evaluation.judge_prompts import BLIND, MODES
 from ..psa_core.evaluation.judged_images import judge_batch
-from .checked_node import CheckedNode
+from ..psa_core.text_limits import MAX_PATH_CHARS, MAX_PROMPT_CHARS, limit_text
+from .checked_node import CheckedNode, comfy_should_stop
 from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE
 from ..psa_core.encoders.placement import RUN
 from .model_memory import DEVICE_TOOLTIP, DEVICES, ComfyPlacement, NodeProgress
@@ -36,7 +37,7 @@ class PSALoadJudge(CheckedNode):
             inputs=[
                 io.String.Input("vlm", default="Qwen2.5-VL-7B-Instruct",
                                 tooltip=f"The VLM folder (config.json, processor, tokenizer, weights): a folder "
-                                        f"name under models/LLM/ ({OUTSIDE_RULE})."),
+                                        f"name under models/LLM/ ({OUTSIDE_RULE}). {limit_text(MAX_PATH_CHARS)}"),
                 io.Combo.Input("precision", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="VLM precision; 'auto' uses the checkpoint's dtype."),
                 io.Combo.Input("device", options=list(DEVICES), default="auto",
@@ -57,7 +58,8 @@ class PSALoadJudge(CheckedNode):
         folder = LLM_FOLDER.find(vlm, "vlm")
         dtype = DTYPES[resolve_dtype(precision, read_model_config(folder))]
         return io.NodeOutput(VLMJudge.from_folder(folder, dtype=dtype, max_new_tokens=max_new_tokens,
-                                                  placement=ComfyPlacement(device, node="PSA Judge Image")))
+                                                  placement=ComfyPlacement(device, node="PSA Judge Image"),
+                                                  should_stop=comfy_should_stop))
 
 
 class PSAJudgeImage(CheckedNode):
@@ -78,7 +80,8 @@ class PSAJudgeImage(CheckedNode):
                 io.Combo.Input("mode", options=list(MODES), default=BLIND, tooltip=MODE_TOOLTIP),
                 io.String.Input("caption", default="", optional=True, multiline=True,
                                 tooltip="The prompt the images were made from, shown to the judge in blind mode "
-                                        "(the reference prompt ignores it). Empty: not shown."),
+                                        f"(the reference prompt ignores it). Empty: not shown. "
+                                        f"{limit_text(MAX_PROMPT_CHARS)}"),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The images with the verdict written on each."),

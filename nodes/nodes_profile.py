@@ -21,6 +21,7 @@ from ..psa_core.encoders import (
     make_encoder,
 )
 from ..psa_core.errors import shown
+from ..psa_core.text_limits import MAX_JSON_CHARS, MAX_NAME_CHARS, MAX_PATH_CHARS, limit_text
 from ..psa_core.profile import (
     AGE_GROUPS,
     CATEGORIES,
@@ -137,6 +138,8 @@ class PSAUserProfile(CheckedNode):
 
 
 class PSAProfileFromJSON(CheckedNode):
+    TEXT_LIMITS = {"json": MAX_JSON_CHARS}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         example = EVALUATION_USERS["level_3"].to_dict()
@@ -151,7 +154,8 @@ class PSAProfileFromJSON(CheckedNode):
                 io.String.Input("json", multiline=True, default=_json.dumps(example, indent=2),
                                 tooltip="A JSON object with Age, Gender, Religion, Physical_Condition, "
                                         "Mental_Condition and Banned_Categories (or Allowed_Categories); "
-                                        "Age_Group is optional. SAGE user_data has no bans: see missing_bans."),
+                                        "Age_Group is optional. SAGE user_data has no bans: see missing_bans. "
+                                        f"{limit_text(MAX_JSON_CHARS)}"),
                 io.Combo.Input("missing_bans", options=[MISSING_BANS_ERROR, BAN_RULES], default=MISSING_BANS_ERROR,
                                tooltip="When the JSON has no Banned/Allowed_Categories (e.g. SAGE user_data): "
                                        "stop with an error, or use the reference get_banned.txt rules."),
@@ -191,11 +195,11 @@ class PSAEncodeProfile(CheckedNode):
                 io.String.Input("llm", default="Qwen2.5-7B-Instruct",
                                 tooltip="The LLM folder (config.json, tokenizer, weights): a folder name under "
                                         f"models/LLM/ ({OUTSIDE_RULE}). Loaded from local files only; used by the "
-                                        "llm encoder only."),
+                                        f"llm encoder only. {limit_text(MAX_PATH_CHARS)}"),
                 io.String.Input("template", default="get_embeds.txt",
                                 tooltip=f"The prompt template file: a name under models/psa/ or models/LLM/ "
                                         f"({OUTSIDE_RULE}). The published adapters need the reference "
-                                        "get_embeds.txt."),
+                                        f"get_embeds.txt. {limit_text(MAX_PATH_CHARS)}"),
                 io.Combo.Input("precision", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="LLM precision. 'auto' uses the checkpoint's dtype (bf16 for Qwen2.5, as "
                                        "the reference did); other precisions give slightly different embeddings."),
@@ -233,6 +237,7 @@ class PSAEncodeProfile(CheckedNode):
 
 class PSASaveEmbedding(CheckedNode):
     PATH_INPUTS = {"filename": EMBEDDING_NAME}
+    TEXT_LIMITS = {"filename": MAX_NAME_CHARS}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -246,7 +251,8 @@ class PSASaveEmbedding(CheckedNode):
                 PSAEmbeddingType.Input("embedding", tooltip="The embedding to save (one or several rows)."),
                 io.String.Input("filename", default="profile",
                                 tooltip="File name without folder; letters, digits, '.', '_', '-' and spaces. "
-                                        "'.safetensors' is added; an existing file of that name is replaced."),
+                                        "'.safetensors' is added; an existing file of that name is replaced. "
+                                        f"{limit_text(MAX_NAME_CHARS)}"),
             ],
             outputs=[],
             is_output_node=True,

@@ -17,6 +17,7 @@ from ..psa_core.paths import outside_paths_allowed
 from ..psa_core.training.inputs import DATA_FORMATS, read_training_data
 from ..psa_core.training.config import MAX_SEED, PRECISIONS, default_of
 from ..psa_core.training.report import render_history
+from ..psa_core.text_limits import MAX_PATH_CHARS, limit_text
 from ..psa_core.training.split import SPLITS, split_records
 from .checked_node import CheckedNode
 from .comfy_paths import ADAPTER_PREFIX, DATA_PATH, EMBEDDINGS_FOLDER, OUTSIDE_RULE, PROFILES_PATH
@@ -53,12 +54,13 @@ class PSALoadSageDataset(CheckedNode):
                 io.String.Input("path", default="psa_dataset/pairs.jsonl",
                                 tooltip="A SAGE folder, its metadata.jsonl, or a pairs file, relative to ComfyUI's "
                                         f"output folder (then its input folder; {OUTSIDE_RULE}). Its image names "
-                                        "must stay inside its folder."),
+                                        f"must stay inside its folder. {limit_text(MAX_PATH_CHARS)}"),
                 io.String.Input("profiles", default="",
                                 tooltip="users.csv, .json or .jsonl of profiles: required for a pairs file (each pair "
                                         "is labelled per profile: the safe image wins where the profile bans the "
                                         "category); for SAGE data it supplies Banned_Categories to the "
-                                        f"{STRUCTURED_ENCODER} encoder. Same path rules as 'path'."),
+                                        f"{STRUCTURED_ENCODER} encoder. Same path rules as 'path'. "
+                                        f"{limit_text(MAX_PATH_CHARS)}"),
                 io.Combo.Input("format", options=list(DATA_FORMATS), default="auto",
                                tooltip="auto: a folder or metadata.jsonl is SAGE, anything else a pairs file."),
                 io.Combo.Input("split", options=list(SPLITS), default="all",
@@ -168,7 +170,7 @@ class PSASaveAdapter(CheckedNode):
                 PSAAdapterType.Input("adapter", tooltip="From PSA Train Adapter (or PSA Load Adapter)."),
                 io.String.Input("filename_prefix", default="psa_trained",
                                 tooltip="File name start inside models/psa/ ('/' makes sub-folders); a counter is "
-                                        "added: psa_trained_00001.safetensors."),
+                                        f"added: psa_trained_00001.safetensors. {limit_text(MAX_PATH_CHARS)}"),
                 io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="float32",
                                tooltip="Stored precision; float16 halves the file."),
             ],

@@ -24,9 +24,9 @@ TINY_CHAT_TEMPLATE = (
     "{{- '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 
 
-def build_tiny_qwen2_vl(folder, seed: int = 0):
-    """A random 2-layer Qwen2-VL (vision tower of 2 blocks, width 32) with an offline BPE tokenizer and a small
-    image processor (at most 4 merged tokens per image), saved as a local folder."""
+def build_tiny_qwen2_vl(folder, seed: int = 0, text_layers: int = 2):
+    """A random Qwen2-VL of `text_layers` text layers (vision tower of 2 blocks, width 32) with an offline BPE
+    tokenizer and a small image processor (at most 4 merged tokens per image), saved as a local folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         PreTrainedTokenizerFast,
@@ -52,7 +52,7 @@ def build_tiny_qwen2_vl(folder, seed: int = 0):
                      chat_template=TINY_CHAT_TEMPLATE).save_pretrained(folder)
     ids = {token: fast.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     config = Qwen2VLConfig(
-        text_config={"vocab_size": len(fast), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        text_config={"vocab_size": len(fast), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": text_layers,
                      "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
                      "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
                      "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],

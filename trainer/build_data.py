@@ -24,6 +24,7 @@ from psa_core.dataset_build.prompt_pairs import FORMAT_HELP, MAX_SEED
 from psa_core.training.errors import TrainingError
 from psa_core.fingerprint import HashMemo, model_fingerprint
 from psa_core.precision import DEVICES, PRECISION_DTYPES, PRECISIONS, resolve_compute
+from psa_core.text_limits import MAX_PROMPT_CHARS, check_text, limit_text
 from psa_core.training.config import DEFAULT_RESOLUTION
 
 from .models import load_base_model
@@ -70,6 +71,7 @@ class BuildConfig:
         for flag, value in (("width", self.width), ("height", self.height)):
             if value is not None and (value < 8 or value % 8):
                 raise TrainingError(f"--{flag} {value} is not allowed; allowed: a multiple of 8, at least 8")
+        check_text(self.negative_prompt, "--negative-prompt")
         return self
 
 
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler)
     parser.add_argument("--width", type=int, help="image width (default 512 SD1.5, 1024 SDXL)")
     parser.add_argument("--height", type=int, help="image height (default 512 SD1.5, 1024 SDXL)")
-    parser.add_argument("--negative-prompt", default=d.negative_prompt, help="negative prompt of both images")
+    parser.add_argument("--negative-prompt", default=d.negative_prompt, help="negative prompt of both images; "
+                        f"{limit_text(MAX_PROMPT_CHARS).lower().rstrip('.')}")
     parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                         help="weights for sampling (auto: fp16 on a GPU, fp32 on the CPU)")
     parser.add_argument("--device", choices=DEVICES, default=d.device)

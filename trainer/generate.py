@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from psa_core.dataset_build.prompt_pairs import MAX_SEED
+from psa_core.text_limits import MAX_PROMPT_CHARS, check_text, limit_text
 from psa_core.errors import PSAError
 from psa_core.evaluation import EvaluationError
 from psa_core.evaluation.generation import (
@@ -133,6 +134,8 @@ class GenerateConfig:
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise EvaluationError(f"--out {self.out} is a file; allowed: a folder (created, or completed when it "
                                   "holds a run of the same settings)")
+        if self.negative_prompt is not None:
+            check_text(self.negative_prompt, "--negative-prompt")
         if self.negative_prompt_mode == "reference" and self.negative_prompt is not None:
             raise EvaluationError("--negative-prompt cannot be combined with --negative-prompt-mode reference, which "
                                   f"uses the reference's '{REFERENCE_NEGATIVE}' for PSA images and none without "
@@ -226,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-row-user", action="store_true", help="render each row once, with its own row's "
                         "user_id (for the judge) instead of every row for every profile")
     parser.add_argument("--negative-prompt", help=f"the negative prompt of every image (mode same; default: "
-                        f"'{REFERENCE_NEGATIVE}')")
+                        f"'{REFERENCE_NEGATIVE}'); {limit_text(MAX_PROMPT_CHARS).lower().rstrip('.')}")
     parser.add_argument("--negative-prompt-mode", default=d.negative_prompt_mode, help="same: --negative-prompt for "
                         "every run, with or without adapter; reference: as the reference, the default negative prompt "
                         "for PSA images and none without --adapter")

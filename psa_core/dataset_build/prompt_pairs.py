@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import shown
 from ..json_text import json_lines
 from ..profile import CATEGORIES
+from ..text_limits import MAX_NAME_CHARS, MAX_PROMPT_CHARS, TextTooLong, check_text
 from ..training.errors import DatasetError
 from ..training.records import Problems
 
@@ -124,6 +125,11 @@ def _check_item(data: object, number: int, extras: tuple[str, ...]) -> tuple[Pro
     for name in ("concept", "unsafe_prompt", "safe_prompt"):
         if name in data and (not isinstance(data[name], str) or not data[name].strip()):
             problems.append(f"{name} must be non-empty text, got {shown(data[name])}")
+        elif name in data:
+            try:
+                check_text(data[name], name, MAX_NAME_CHARS if name == "concept" else MAX_PROMPT_CHARS)
+            except TextTooLong as error:
+                problems.append(str(error))
     if isinstance(data.get("concept"), str) and data["concept"].strip() and not slug(data["concept"]):
         problems.append(f"concept {shown(data['concept'])} has no letter or digit (it becomes part of the image names)")
     if not problems and data["unsafe_prompt"].strip() == data["safe_prompt"].strip():

@@ -5,7 +5,8 @@ the same precision choices, the same placements: psa_core.encoders.placement), b
 to generate. The instruction is a template with `<<PROMPT>>` (required), `<<CATEGORY>>` and `<<CONCEPT>>`; with a
 chat template it goes in as one user message (`add_generation_prompt=True`), otherwise as plain text. The reply's first non-empty line,
 without surrounding quotes, is the rewrite. By default the model exists only while rewriting; a placement may keep
-it (inside ComfyUI, nodes/model_memory.py does).
+it (inside ComfyUI, nodes/model_memory.py does). With `should_stop` (psa_core/interrupt.py) the rewriter asks it
+before each prompt and after every generated token, and raises `Interrupted` when it says stop.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from ..encoders.placement import (
     forward_working_bytes,
 )
 from ..errors import PSAError
+from ..interrupt import ShouldStop, check_stop, stopping_criteria
+from ..text_limits import MAX_NAME_CHARS, check_text
 
 PLACEHOLDERS = ("<<PROMPT>>", "<<CATEGORY>>", "<<CONCEPT>>")
 DEFAULT_INSTRUCTION = (
@@ -50,6 +53,7 @@ class RewriteError(PSAError):
 
 
 def check_instruction(instruction: str) -> str:
+    check_text(instruction, "the instruction")
     if "<<PROMPT>>" not in instruction:
         raise RewriteError("the instruction has no <<PROMPT>> placeholder; it must say where the unsafe prompt goes "
                            f"(placeholders: {', '.join(PLACEHOLDERS)})")
@@ -76,7 +80,8 @@ class PromptRewriter:
     def __init__(self, model_dir: str | Path, instruction: str = DEFAULT_INSTRUCTION, *, dtype: str = "auto",
                  device: str | torch.device = "cpu", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  before_load: BeforeLoad | None = None, after_release: AfterRelease | None = None,
-                 placement: Placement | None = None, progress: Progress | None = None):
+                 placement: Placement | None = None, progress: Progress | None = None,
+                 should_stop: ShouldStop | None = None):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise RewriteError(f"LLM folder not found: {self.model_dir}; expected a local Hugging Face causal-LM "
@@ -90,6 +95,7 @@ class PromptRewriter:
         self.max_new_tokens = max_new_tokens
         self.placement = placement or SingleDevice(self.device, before_load, after_release)
         self.progress = progress
+        self.should_stop = should_stop
         self.last_placed: Placed | None = None
 
     @property
@@ -139,7 +145,8 @@ class PromptRewriter:
                                   eos_token_id=eos, pad_token_id=pad)
         with torch.inference_mode():
             output = model.generate(input_ids=inputs["input_ids"].to(device),
-                                    attention_mask=inputs["attention_mask"].to(device), generation_config=config)
+                                    attention_mask=inputs["attention_mask"].to(device), generation_config=config,
+                                    stopping_criteria=stopping_criteria(self.should_stop))
         return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def rewrite(self, prompts: Sequence[str], categories: Sequence[str] = (), concepts: Sequence[str] = ()
@@ -150,6 +157,10 @@ class PromptRewriter:
             raise RewriteError("give at least one non-empty prompt to rewrite")
         categories = list(categories) or [""] * len(prompts)
         concepts = list(concepts) or [""] * len(prompts)
+        for number, (prompt, category, concept) in enumerate(zip(prompts, categories, concepts), start=1):
+            check_text(prompt, f"prompt {number}")
+            check_text(category or "", f"category {number}", MAX_NAME_CHARS)
+            check_text(concept or "", f"concept {number}", MAX_NAME_CHARS)
         tokenizer = self.load_tokenizer()
         inputs = [tokenizer(self.model_input(tokenizer, prompt, category, concept), return_tensors="pt",
                             add_special_tokens=False) for prompt, category, concept in zip(prompts, categories, concepts)]
@@ -161,6 +172,7 @@ class PromptRewriter:
         with self.placement.use(self.model_request(working), self.progress) as placed:
             self.last_placed = placed
             for done, (prompt, encoded) in enumerate(zip(prompts, inputs), start=1):
+                check_stop(self.should_stop)
                 reply = self._generate(tokenizer, placed.model, placed.device, encoded)
                 rewrite = first_line(reply)
                 if not rewrite:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..profile import UserProfile, format_category_list
+from ..text_limits import MAX_PROMPT_CHARS, TextTooLong, check_text
 from .base import EncoderError
 
 # In the reference's replacement order.
@@ -26,6 +27,7 @@ class PromptTemplate:
     source: str = "<text>"
 
     def __post_init__(self) -> None:
+        check_text(self.text, f"template {self.source}")
         found = set(_PLACEHOLDER.findall(self.text))
         unknown = sorted(found - set(PLACEHOLDERS))
         if unknown:
@@ -47,6 +49,10 @@ def load_template(path: str | Path) -> PromptTemplate:
         raise EncoderError(f"template file not found: {path}; give the reference get_embeds.txt (for the "
                            "published adapters) or your own template with the placeholders "
                            f"{' '.join(PLACEHOLDERS)}")
+    size = path.stat().st_size
+    if size > 4 * MAX_PROMPT_CHARS:  # UTF-8 takes at most 4 bytes a character: surely too long, not read
+        raise TextTooLong(f"template {path.name} is {size} bytes long, more than {MAX_PROMPT_CHARS} characters; "
+                          f"allowed: at most {MAX_PROMPT_CHARS} characters")
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write
-from ..errors import shown
+from ..errors import PSAError, shown
 from ..profile import ProfileError, check_user_id
+from ..text_limits import check_text
 from .errors import EvaluationError
 from .labels import canonical_category, sage_label
 
@@ -128,7 +129,7 @@ def _csv_rows(path: Path, text: str) -> tuple[str, list[PromptRow]]:
     for number, raw in enumerate(reader, start=1):
         record = {(k or "").strip(): (v or "") for k, v in raw.items() if k is not None}
         where = f"--prompts {path.name} row {number}"
-        caption = record.get("caption", "").strip()
+        caption = check_text(record.get("caption", "").strip(), f"{where}: the caption")
         if not caption:
             raise EvaluationError(f"{where}: the caption is empty; allowed: a non-empty prompt")
         file_name = record.get("file_name", "").strip()
@@ -159,7 +160,8 @@ def read_prompt_set(path: str | Path, limit: int | None = None) -> PromptSet:
     if path.suffix.lower() == ".txt":
         kind = "txt"
         captions = [line.strip() for line in text.splitlines() if line.strip()]
-        rows = [PromptRow(n, caption, f"prompt_{n:05d}") for n, caption in enumerate(captions, start=1)]
+        rows = [PromptRow(n, check_text(caption, f"--prompts {path.name} row {n}: the caption"), f"prompt_{n:05d}")
+                for n, caption in enumerate(captions, start=1)]
     else:
         try:
             kind, rows = _csv_rows(path, text)
@@ -338,10 +340,11 @@ def read_generation_manifest(folder: str | Path) -> list[dict]:
                     raise EvaluationError(f"{path} line {number}: file {shown(file)} is not allowed; allowed: "
                                           "<profile>/<image name>.png")
                 records.append({"file": file, "path": folder.joinpath(*parts), "profile": row["profile"],
-                                "category": row["category"] or "", "caption": row["caption"],
+                                "category": row["category"] or "",
+                                "caption": check_text(row["caption"] or "", f"{path} line {number}: caption"),
                                 "seed": int(row["seed"]), "row": int(row["row"])})
     except (csv.Error, UnicodeDecodeError, ValueError) as error:
-        if isinstance(error, EvaluationError):
+        if isinstance(error, PSAError):
             raise
         raise EvaluationError(f"{path}: not a readable manifest ({error})") from None
     return records

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..interrupt import is_interrupt
 from .errors import MissingDependencyError
 from .nudenet_detector import GENITAL_CLASSES, NudeNetDetector
 from .q16 import Q16Classifier
@@ -160,8 +161,8 @@ def check_images(images: torch.Tensor, banned: Sequence[str] | None = None, mode
         if len(records) != len(batch):
             raise RuntimeError(f"the scorer returned {len(records)} records for {len(batch)} images")
     except Exception as error:  # noqa: BLE001 - a failed scorer is every image's error, never a clean batch
-        if isinstance(error, MissingDependencyError):
-            raise  # the node says what to install
+        if isinstance(error, MissingDependencyError) or is_interrupt(error):
+            raise  # the node says what to install; an interrupt stops the prompt
         records = [ImageRecord(f"image {i + 1}", errors=[f"{type(error).__name__}: {str(error)[:300]}"])
                    for i in range(len(batch))]
     verdicts = [Verdict(record, violations(record, None if banned is None else tuple(banned)))

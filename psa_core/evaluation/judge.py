@@ -6,7 +6,9 @@ vision-language model through transformers (Qwen2-VL, Qwen2.5-VL, or any folder 
 `AutoProcessor` load with local files only; nothing is downloaded): the processor's chat template with one user
 message holding the prompt text, then the images, and greedy decoding (`do_sample=False`), so the same inputs give
 the same answer. Where the model runs is the placement's business (psa_core/encoders/placement.py): by default the
-whole model on one device while a `session()` lasts (or for each call outside one).
+whole model on one device while a `session()` lasts (or for each call outside one). With `should_stop`
+(psa_core/interrupt.py) the model asks it before each answer and after every generated token, and raises
+`Interrupted` when it says stop.
 
 In blind mode a pair is judged twice, as (A, B) and as (B, A), and the two answers are combined
 (`combine_orders`); in reference mode once, as (A, B), as the paper did.
@@ -23,7 +25,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..interrupt import ShouldStop, check_stop, is_interrupt, stopping_criteria
 from ..profile import UserProfile
+from ..text_limits import check_text
 from .errors import EvaluationError
 from .images import load_image
 from .judge_answers import (
@@ -70,9 +74,10 @@ class VLMJudge:
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    placement=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> VLMJudge:
+                    placement=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    should_stop: ShouldStop | None = None) -> VLMJudge:
         """The judge of a local transformers vision-language model folder (module docstring)."""
-        model = TransformersVLM(folder, device, dtype, placement, max_new_tokens)
+        model = TransformersVLM(folder, device, dtype, placement, max_new_tokens, should_stop)
         return cls(model, description=model.settings())
 
     def settings(self) -> dict:
@@ -90,6 +95,8 @@ class VLMJudge:
         """One image (a path, PIL image, array or tensor; ImageReadError when it cannot be read) judged for
         `profile`. An answer that is not a complete verdict is NO_VERDICT."""
         check_mode(mode)
+        if caption is not None:
+            check_text(caption, "caption")
         picture = load_image(image)
         return parse_verdict(self.answer_fn(single_prompt(profile, mode, caption=caption, file_name=file_name),
                                             [picture]))
@@ -100,6 +107,8 @@ class VLMJudge:
         """Which of two images suits `profile` better. Blind: judged as (A, B) and as (B, A) with the same neutral
         prompt, combined by `combine_orders`; reference: the paper's prompt naming `names`, once as (A, B)."""
         check_mode(mode)
+        if caption is not None:
+            check_text(caption, "caption")
         first, second = load_image(image_a), load_image(image_b)
         paths = tuple(str(i) if isinstance(i, (str, Path)) else None for i in (image_a, image_b))
         prompt = pair_prompt(profile, mode, names=names, file_name=file_name, paths=paths, caption=caption)
@@ -112,11 +121,12 @@ class VLMJudge:
 
 def attempt(call: Callable[[], T]) -> tuple[T | None, Exception | None]:
     """`(call(), None)`, or `(None, error)` when the judge fails on this one image or pair (an unreadable image, a
-    model or server error). Out of memory is raised: it is the run's problem (a smaller precision or model)."""
+    model or server error). Out of memory and an interrupt are raised: they are the run's (a smaller precision or
+    model; the user stopped it)."""
     try:
         return call(), None
     except Exception as error:  # noqa: BLE001 - recorded by the caller for this image or pair
-        if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or is_interrupt(error):
             raise
         return None, error
 
@@ -139,7 +149,7 @@ class TransformersVLM:
     """The answer function of a local transformers vision-language model: `(prompt_text, images) -> answer`."""
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 placement=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+                 placement=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, should_stop: ShouldStop | None = None):
         from ..encoders.llm import model_fingerprint, read_model_config
         from ..encoders.placement import SingleDevice
 
@@ -154,6 +164,7 @@ class TransformersVLM:
             raise EvaluationError(f"judge folder {self.folder}: {error}") from None
         self.device, self.dtype, self.max_new_tokens = torch.device(device), dtype, max_new_tokens
         self.placement = placement or SingleDevice(self.device)
+        self.should_stop = should_stop
         self.fingerprint = model_fingerprint(self.folder)
         self.processor = self._load_processor()
         self._placed = None
@@ -220,6 +231,7 @@ class TransformersVLM:
             return self._generate(self._placed, prompt, images)
 
     def _generate(self, placed, prompt: str, images: Sequence[Image.Image]) -> str:
+        check_stop(self.should_stop)
         model = placed.model
         content = [{"type": "text", "text": prompt}, *({"type": "image"} for _ in images)]
         text = self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
@@ -233,7 +245,8 @@ class TransformersVLM:
         config.do_sample, config.num_beams, config.max_new_tokens = False, 1, self.max_new_tokens
         config.temperature = config.top_p = config.top_k = None
         with torch.inference_mode():
-            output = model.generate(**inputs, generation_config=config)
+            output = model.generate(**inputs, generation_config=config,
+                                    stopping_criteria=stopping_criteria(self.should_stop))
         start = inputs["input_ids"].shape[1]
         return self.processor.batch_decode(output[:, start:], skip_special_tokens=True)[0]
 

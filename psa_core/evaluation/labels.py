@@ -30,6 +30,7 @@ from typing import NamedTuple
 from ..errors import shown
 from ..json_text import JSONTextError, parse_json
 from ..profile import CATEGORIES, EVALUATION_USERS, USER_ID_DIGITS, UserProfile
+from ..text_limits import check_text
 from .errors import EvaluationError
 
 UNKNOWN = "unknown"
@@ -96,7 +97,7 @@ def _row_label(row: dict, where: str) -> tuple[str, ImageLabel | dict]:
     category = row.get("category")
     category = canonical_category(check_label(category, f"{where}: category")) if category not in (None, "") else None
     caption = row.get("caption")
-    caption = caption if isinstance(caption, str) and caption.strip() else None
+    caption = check_text(caption, f"{where}: caption") if isinstance(caption, str) and caption.strip() else None
     if profile is None and category is None and caption is None:
         raise EvaluationError(f"{where}: neither a profile (or user_id), a category nor a caption")
     return Path(name.strip()).name, {"profile": profile, "category": category, "caption": caption}
