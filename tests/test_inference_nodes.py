@@ -42,7 +42,9 @@ def test_loaders_list_and_load_files_from_the_model_folders(pack, model_folders,
 
 def test_family_mismatch_names_both(pack, tmp_path, sd15_model):
     sdxl = psa_core.get_family("sdxl")
-    adapter = psa_core.LoadedAdapter(sdxl, 3584, {}, [], name="psa_sdxl.safetensors")
+    projection = {"proj.weight": torch.zeros(2048, 3584), "proj.bias": torch.zeros(2048),
+                  "norm.weight": torch.ones(2048), "norm.bias": torch.zeros(2048)}
+    adapter = psa_core.LoadedAdapter(sdxl, 3584, projection, [], name="psa_sdxl.safetensors")
     embedding = psa_core.UserEmbedding(torch.zeros(1, 3584))
     with pytest.raises(psa_core.CompatibilityError,
                        match=r"adapter 'psa_sdxl.safetensors' is for SDXL \(70 cross-attention layers, context 2048\) "
