@@ -188,6 +188,9 @@ def test_bad_inputs_exit_2_naming_the_flag(setup, tmp_path, capsys):
     error = run_error(unknown, capsys)
     assert "--levels" in error and "level_9" in error and "level_5" in error
     assert "--sampler" in run_error(args(setup, out, "--sampler", "heun"), capsys)
+    for flag in ("--width", "--height"):  # no upper bound before: 8192 x 8192 failed in the VAE after loading
+        assert f"{flag} 8192 is not allowed; allowed: a multiple of 8 from 8 to 4096" in run_error(
+            args(setup, out, flag, "8192"), capsys)
     assert "--negative-prompt-mode" in run_error(args(setup, out, "--negative-prompt-mode", "mine"), capsys)
     assert "--embeddings" in run_error(args(setup, out, adapter=False) + ["--adapter", str(setup["adapter"]),
                                                                           "--levels", "level_0"], capsys)
