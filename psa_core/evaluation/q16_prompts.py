@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import reprlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ PICKLED_DTYPES = ("f2", "f4")  # what a prompt pickle may hold: float16 (the ref
 # metadata, which must be None. Byte order '<' or '=' ('=' only on a little-endian machine, where it means '<').
 _PLAIN_DTYPE_STATE = (None, None, None, -1, -1, 0)
 _BYTE_ORDERS = ("<", "=") if sys.byteorder == "little" else ("<",)
+_STATE_SHOWN = reprlib.Repr()  # a dtype state in full (9 items at most), its parts cut short
+_STATE_SHOWN.maxtuple, _STATE_SHOWN.maxlevel, _STATE_SHOWN.maxstring, _STATE_SHOWN.maxother = 9, 3, 40, 40
+_STATE_SHOWN.maxdict = _STATE_SHOWN.maxlist = _STATE_SHOWN.maxset = 4
 
 
 def _refuse(message: str):
@@ -83,8 +87,8 @@ class _DtypeStandIn:
                 or state[0] != len(state) - 5 or state[1] not in _BYTE_ORDERS
                 or any(type(got) is not type(want) or got != want for got, want in zip(state[2:8], _PLAIN_DTYPE_STATE))
                 or (len(state) == 9 and state[8] is not None)):
-            _refuse(f"numpy.dtype({self.dtype.str[1:]!r}) given the state {shown(state)}; only a plain little-endian "
-                    f"dtype's state is allowed: (3, '<', None, None, None, -1, -1, 0)")
+            _refuse(f"numpy.dtype({self.dtype.str[1:]!r}) given the state {_STATE_SHOWN.repr(state)}; only a plain "
+                    f"little-endian dtype's state is allowed: (3, '<', None, None, None, -1, -1, 0)")
         self.state_set = True
 
 
