@@ -140,6 +140,23 @@ def test_one_user_id_with_two_profiles_anywhere_in_the_sage_file_is_an_error_bef
         read_training_data(folder)
 
 
+def test_the_trainer_exits_2_with_the_report_for_repeats_and_profile_conflicts(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    other = sage_line(U, S).replace('"Age": 30', '"Age": 31')
+    folder = write_sage(tmp_path / "data", [sage_line(S, U)] * 3 + [other], [S, U])
+    argv = ["train", "--base-model", str(tmp_path / "no-model.safetensors"), "--data", str(folder), "--output",
+            str(tmp_path / "out"), "--encoder", "psa-structured-v1", "--device", "cpu"]
+    assert main(argv) == 2  # the data is read before the model: the missing model is never reached
+    error = capsys.readouterr().err
+    assert "psa-trainer: error: metadata.jsonl: 1 User_ID with two different profiles" in error
+    assert "line 4: User_ID 0000033 differs from line 1 in Age" in error and "Traceback" not in error
+    folder = write_sage(tmp_path / "data", [sage_line(S, U)] * 3, [S, U])
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "line 2: repeats line 1" in error and "line 3: repeats line 1" in error and "Traceback" not in error
+
+
 # ---- unlabelled pairs ----
 
 def test_a_repeated_pair_line_is_reported(tmp_path):
