@@ -20,6 +20,11 @@ from .families import Family
 
 LAYER_NORM_EPS = 1e-5
 PROJECTION_KEYS = ("proj.weight", "proj.bias", "norm.weight", "norm.bias")
+# The largest |P e + b| (the user token before its LayerNorm) an embedding may give (docs/formats.md, user
+# embeddings). The LayerNorm squares it in fp32, which overflows near 1.8e19; 1e12 keeps 7 orders of magnitude from
+# that, and is over a million times what an embedding at the value bound (1e4 in all 3584 dimensions, norm 6e5)
+# gives through a projection whose rows have unit norm.
+MAX_PROJECTED_VALUE = 1e12
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -33,6 +38,13 @@ def project_users(embeddings: torch.Tensor, projection: Mapping[str, torch.Tenso
     projected = F.linear(embeddings.to(weight.dtype), weight, projection["proj.bias"].to(weight.dtype))
     return F.layer_norm(projected, (weight.shape[0],), projection["norm.weight"].to(weight.dtype),
                         projection["norm.bias"].to(weight.dtype), LAYER_NORM_EPS)
+
+
+def projected_magnitude(embeddings: torch.Tensor, projection: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per row, the largest |P e + b| (the user token before its LayerNorm), in fp32 (or float64): `[N]`."""
+    weight = at_least_fp32(projection["proj.weight"])
+    projected = F.linear(embeddings.to(weight.dtype), weight, projection["proj.bias"].to(weight.dtype))
+    return torch.nan_to_num(projected.abs(), nan=float("inf")).amax(dim=1)
 
 
 def null_user(projection: Mapping[str, torch.Tensor]) -> torch.Tensor:

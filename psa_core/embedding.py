@@ -17,10 +17,45 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_write
-from .errors import CompatibilityError, EmbeddingFileError
+from .errors import CompatibilityError, EmbeddingFileError, shown
+from .json_text import JSONTextError, parse_json
 
 EMBEDDING_KEY = "embedding"
 EMBEDDING_SUFFIXES = (".npy", ".safetensors", ".sft")
+# The largest |value| an embedding may hold (docs/formats.md, user embeddings). The published Qwen2.5-7B embeddings
+# reach |value| 75 (norm about 139); 1e4 leaves more than two orders of magnitude for other encoders, while a
+# finite but absurd value (1e30 is finite in float32) would overflow the adapter's projection and sample NaN.
+MAX_EMBEDDING_VALUE = 1e4
+LABELS_KEY = "psa.labels"
+MAX_LABEL_CHARS = 200  # a label names a profile (a User_ID, a preset, a file name)
+
+
+def check_embedding_values(rows: torch.Tensor, name: str) -> None:
+    """Finite as float32 and |value| <= MAX_EMBEDDING_VALUE; EmbeddingFileError naming `name`, row and value."""
+    values = rows.detach().float()
+    if not torch.isfinite(values).all():  # after the cast: a float64 1e300 is finite only before it
+        raise EmbeddingFileError(f"{name}: embedding contains NaN or infinite values (as float32, the dtype PSA uses)")
+    if values.numel() and values.abs().max().item() > MAX_EMBEDDING_VALUE:
+        flat = int(values.abs().argmax())
+        row, column = divmod(flat, values.shape[-1]) if values.ndim == 2 else (0, flat)
+        raise EmbeddingFileError(f"{name}: embedding value {values.reshape(-1)[flat].item():.6g} (row {row}, "
+                                 f"dimension {column}) is beyond the allowed magnitude; allowed: |value| <= "
+                                 f"{MAX_EMBEDDING_VALUE:g} (the published embeddings stay below 100)")
+
+
+def check_labels(labels: object, count: int, name: str) -> tuple[str, ...]:
+    """Row labels: a list of strings, one per row (each at most MAX_LABEL_CHARS characters)."""
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
+        raise EmbeddingFileError(f"{name}: {LABELS_KEY} must be a list of strings, one per row, found "
+                                 f"{shown(labels)}")
+    if len(labels) != count:
+        raise EmbeddingFileError(f"{name}: {len(labels)} label{'s' if len(labels) != 1 else ''} for {count} "
+                                 f"row{'s' if count != 1 else ''}; {LABELS_KEY} must hold one label per row")
+    long = next((label for label in labels if len(label) > MAX_LABEL_CHARS), None)
+    if long is not None:
+        raise EmbeddingFileError(f"{name}: label {shown(long)} has {len(long)} characters; allowed: at most "
+                                 f"{MAX_LABEL_CHARS}")
+    return tuple(labels)
 
 
 @dataclass(frozen=True)
@@ -31,6 +66,13 @@ class UserEmbedding:
     encoder: str | None = None
     labels: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2:
+            raise EmbeddingFileError(f"embedding vectors have shape {tuple(self.vectors.shape)}; expected [N, E]")
+        if self.labels:
+            check_labels(self.labels, self.count, "embedding")
+        check_embedding_values(self.vectors, "embedding")
 
     @property
     def dim(self) -> int:
@@ -67,9 +109,19 @@ def _as_rows(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
         raise EmbeddingFileError(f"{name}: embedding has shape {tuple(array.shape)}; expected (E,), (N, E) or "
                                  "(N, 1, E), e.g. (3584,) for the published Qwen2.5-7B embeddings")
     rows = tensor.float().contiguous()
-    if not torch.isfinite(rows).all():  # after the cast: a float64 1e300 is finite only before it
-        raise EmbeddingFileError(f"{name}: embedding contains NaN or infinite values (as float32, the dtype PSA uses)")
+    check_embedding_values(rows, name)
     return rows
+
+
+def _file_labels(metadata: dict[str, str], count: int, name: str) -> tuple[str, ...]:
+    if LABELS_KEY not in metadata:
+        return ()
+    try:
+        labels = parse_json(metadata[LABELS_KEY])
+    except JSONTextError as error:
+        raise EmbeddingFileError(f"{name}: {LABELS_KEY} is not valid JSON ({error}); expected a list of strings, "
+                                 f"one per row") from None
+    return () if labels == [] else check_labels(labels, count, name)  # [] is what an unlabelled embedding saves
 
 
 def load_embedding(path: str | Path) -> UserEmbedding:
@@ -96,7 +148,7 @@ def load_embedding(path: str | Path) -> UserEmbedding:
         except (SafetensorError, OSError) as error:
             raise EmbeddingFileError(f"{path.name}: not a readable safetensors file ({error})") from error
         rows = _as_rows(tensor, path.name)
-        labels = tuple(json.loads(metadata.get("psa.labels", "[]"))) or (path.stem,) * rows.shape[0]
+        labels = _file_labels(metadata, rows.shape[0], path.name) or (path.stem,) * rows.shape[0]
         return UserEmbedding(rows, metadata.get("psa.encoder") or None, labels, metadata)
     raise EmbeddingFileError(f"{path.name}: unsupported embedding file type {suffix!r}; "
                              f"allowed: {', '.join(EMBEDDING_SUFFIXES)}")
@@ -126,7 +178,7 @@ def load_user_vector(path: str | Path) -> torch.Tensor:
 def save_embedding(embedding: UserEmbedding, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
     metadata = {k: v for k, v in embedding.metadata.items()}
     metadata.update({"psa.format_version": "1", "psa.embedding_dim": str(embedding.dim),
-                     "psa.labels": json.dumps(list(embedding.labels))})
+                     LABELS_KEY: json.dumps(list(embedding.labels))})
     if embedding.encoder:
         metadata["psa.encoder"] = embedding.encoder
     metadata.update(extra_metadata or {})

@@ -160,6 +160,12 @@ def test_bad_prompt_files_and_settings_stop_before_rendering(tiny_base, tmp_path
     assert main(["build-data", "--prompts", str(bad), "--base-model", str(base), "--output", str(tmp_path / "out"),
                  "--width", "30"]) == 2
     assert "--width 30 is not allowed; allowed: a multiple of 8" in capsys.readouterr().err
+    for flag, value, allowed in (("--height", "8192", "a multiple of 8 from 8 to 4096"), ("--steps", "100000",
+                                 "1 to 1000"), ("--guidance", "nan", "a finite number >= 0")):
+        assert main(["build-data", "--prompts", str(bad), "--base-model", str(base), "--output",
+                     str(tmp_path / "out"), flag, value]) == 2
+        assert f"{flag} {value} is not allowed; allowed: {allowed}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"category": "Gambling", "concept": "x", "unsafe_prompt": "a", "safe_prompt": "b"})
                     + "\n")

@@ -193,6 +193,24 @@ def test_a_refused_prompt_pickle_stops_the_run(tmp_path, capsys, clip_folder):
     assert target.exists()
 
 
+def test_a_prompt_pickle_with_crafted_dtype_flags_stops_the_run_with_a_message(tmp_path, capsys, clip_folder):
+    # numpy's own pickle of a float32 (2, 3) array with the dtype state's flags (0) set to 0x3f, object flags:
+    # a plain unpickler dies with numpy's SystemError; the CLI exits 2 naming the file.
+    images = tmp_path / "images"
+    images.mkdir()
+    render_plain(64).save(images / "a.png")
+    plain = pickle.dumps(np.arange(6, dtype=np.float32).reshape(2, 3), protocol=3)
+    flags = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"  # ..., elsize -1, alignment -1, flags 0)
+    assert plain.count(flags) == 1
+    bad = tmp_path / "prompts.p"
+    bad.write_bytes(plain.replace(flags, flags[:-3] + b"K\x3ft"))
+    assert main(["score", "--images", str(images), "--out", str(tmp_path / "r.json"), "--clip", str(clip_folder),
+                 "--q16-prompts", str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert "prompts.p: refused (numpy.dtype('f4') given the state (3, '<', None, None, None, -1, -1, 63)" in error
+    assert "Traceback" not in error and not (tmp_path / "r.json").exists()
+
+
 def write_users_table(path, count: int = 2):
     """A users.csv of `count` rows (User_IDs 0000001..), each the level_3 user's attributes."""
     row = EVALUATION_USERS["level_3"].to_reference_row()

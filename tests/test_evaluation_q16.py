@@ -8,6 +8,9 @@ import math
 import os
 import pickle
 import pickletools
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -294,13 +297,130 @@ def test_only_numpys_array_reconstruction_is_allowed_and_only_as_numpy_uses_it()
         load_pickled_array(pickle.dumps(np.float32(1.0)))  # numpy scalars need numpy.core.multiarray.scalar
     with pytest.raises(pickle.UnpicklingError):
         load_pickled_array(pickle.dumps(plain)[:40])  # truncated
-    # numpy's shared float16 dtype is not altered by a pickle's dtype state (big-endian here).
-    big_endian = plain.astype(">f2")
-    assert np.array_equal(load_pickled_array(pickle.dumps(big_endian, protocol=3)), big_endian)
+    # A big-endian array is refused (its dtype state says '>'), and numpy's shared float16 dtype is not altered.
+    with pytest.raises(pickle.UnpicklingError, match="only a plain little-endian dtype's state"):
+        load_pickled_array(pickle.dumps(plain.astype(">f2"), protocol=3))
     assert np.dtype("f2").byteorder in ("=", "<")
+    # Not 2 × D of float16/float32: refused in the pickle, before numpy makes the array.
+    for other, message in ((plain.astype(np.float64), r"numpy.dtype\('f8'"), (plain.astype(np.int32), "'i4'"),
+                           (plain.reshape(3, 4), r"shape is \(3, 4\)"), (plain.reshape(12), r"shape is \(12,\)"),
+                           (plain.reshape(2, 3, 2), "shape is"), (plain[:, :0], "D >= 1")):
+        with pytest.raises(pickle.UnpicklingError, match=message):
+            load_pickled_array(pickle.dumps(other, protocol=3))
+    assert load_pickled_array(pickle.dumps(np.asfortranarray(plain), protocol=3)).tolist() == plain.tolist()
     persistent = io.BytesIO()
     pickler = pickle.Pickler(persistent, protocol=3)
     pickler.persistent_id = lambda obj: "id" if obj is plain else None
     pickler.dump([plain])
     with pytest.raises(pickle.UnpicklingError, match="persistent"):
         load_pickled_array(persistent.getvalue())
+
+
+# ---- crafted prompt pickles: only the allowed globals, but a dtype or array state numpy must never see -----------
+
+class DtypeCall:
+    """`numpy.dtype(code, False, True)` in a hand-written pickle, then BUILD with `state` (none if None)."""
+
+    def __init__(self, code: str, state: tuple | None, builds: int = 1):
+        self.code, self.state, self.builds = code, state, builds
+
+
+def opcodes(value) -> bytes:
+    """Protocol-3 opcodes that push `value`, written out here from the pickle format (pickletools' opcode table)."""
+    if value is None:
+        return b"N"  # NONE
+    if value is True or value is False:
+        return b"\x88" if value else b"\x89"  # NEWTRUE / NEWFALSE
+    if isinstance(value, int):
+        return b"J" + struct.pack("<i", value)  # BININT
+    if isinstance(value, str):
+        return b"X" + struct.pack("<I", len(value.encode())) + value.encode()  # BINUNICODE
+    if isinstance(value, bytes):
+        return b"B" + struct.pack("<I", len(value)) + value  # BINBYTES
+    if isinstance(value, tuple):
+        return b"(" + b"".join(map(opcodes, value)) + b"t"  # MARK ... TUPLE
+    if isinstance(value, dict):
+        return b"}(" + b"".join(opcodes(k) + opcodes(v) for k, v in value.items()) + b"u"  # EMPTY_DICT MARK SETITEMS
+    if isinstance(value, DtypeCall):
+        call = b"cnumpy\ndtype\n" + opcodes((value.code, False, True)) + b"R"  # GLOBAL, args, REDUCE
+        return call + (opcodes(value.state) + b"b") * value.builds if value.state is not None else call  # BUILD
+    raise TypeError(value)
+
+
+def array_pickle(dtype: DtypeCall, shape=(2, 3), data: bytes | None = None, fortran=False, version=1) -> bytes:
+    """numpy's own protocol-3 array pickle, opcode by opcode: `_reconstruct(ndarray, (0,), b'b')`, then BUILD with
+    `(version, shape, dtype, fortran, data)`."""
+    data = np.arange(6, dtype="<f4").tobytes() if data is None else data
+    return (b"\x80\x03" + b"cnumpy.core.multiarray\n_reconstruct\n" + b"(cnumpy\nndarray\n" + opcodes((0,))
+            + opcodes(b"b") + b"tR" + opcodes((version, shape, dtype, fortran, data)) + b"b.")
+
+
+PLAIN_STATE = (3, "<", None, None, None, -1, -1, 0)  # np.dtype("f4").__reduce__()[2], as numpy writes it
+CRAFTED_DTYPE_STATES = {
+    "big-endian": (3, ">", None, None, None, -1, -1, 0),
+    "object-flags-0x3f": (3, "<", None, None, None, -1, -1, 0x3F),  # NPY_OBJECT_DTYPE_FLAGS: numpy's SystemError
+    "item-refcount-flag": (3, "<", None, None, None, -1, -1, 1),  # NPY_ITEM_REFCOUNT: a float dtype "holding objects"
+    "fields": (3, "|", None, ("a",), {"a": (DtypeCall("f4", PLAIN_STATE), 0)}, -1, -1, 0),
+    "subarray": (3, "|", (DtypeCall("f4", PLAIN_STATE), (2,)), None, None, -1, -1, 0),
+    "elsize": (3, "<", None, None, None, 4096, -1, 0),
+    "alignment": (3, "<", None, None, None, -1, 64, 0),
+    "metadata": (4, "<", None, None, None, -1, -1, 0, {"x": 1}),
+    "flags-as-bool": (3, "<", None, None, None, -1, -1, False),
+    "short-state": (3, "<"),
+    "not-a-tuple": {"byteorder": ">"},
+}
+
+
+def test_the_hand_written_pickle_is_numpys_own_when_the_state_is_plain(tmp_path):
+    good = array_pickle(DtypeCall("f4", PLAIN_STATE))
+    assert pickle.loads(good).tolist() == [[0, 1, 2], [3, 4, 5]]  # so the crafted variants below differ only there
+    assert load_pickled_array(good).tolist() == [[0, 1, 2], [3, 4, 5]]
+    (tmp_path / "prompts.p").write_bytes(array_pickle(DtypeCall("f4", PLAIN_STATE), data=np.ones(6, "<f4").tobytes()))
+    assert load_q16_prompts(tmp_path / "prompts.p").values.tolist() == [[1.0] * 3] * 2
+
+
+@pytest.mark.parametrize("state", CRAFTED_DTYPE_STATES.values(), ids=CRAFTED_DTYPE_STATES.keys())
+def test_a_crafted_dtype_state_is_refused_naming_the_file(tmp_path, state):
+    data = array_pickle(DtypeCall("f4", state))
+    path = tmp_path / "crafted-prompts.p"
+    path.write_bytes(data)
+    with pytest.raises(EvaluationError, match=r"^crafted-prompts\.p: refused \(numpy\.dtype\('f4'\) given the state"):
+        load_q16_prompts(path)
+
+
+def test_numpy_itself_crashes_or_loads_an_object_claiming_dtype_on_the_crafted_states(tmp_path):
+    # What two of the states above do under a plain unpickler (why they must never reach numpy): a SystemError, and
+    # a float32 array whose dtype claims to hold object references. In a child process: numpy's state is corrupted.
+    outcomes = {}
+    for name in ("object-flags-0x3f", "item-refcount-flag"):
+        (tmp_path / f"{name}.p").write_bytes(array_pickle(DtypeCall("f4", CRAFTED_DTYPE_STATES[name])))
+        script = ("import pickle, sys\ntry:\n    a = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+                  "    print('hasobject' if a.dtype.hasobject else 'plain', flush=True)\n"
+                  "except BaseException as e:\n    print(type(e).__name__, flush=True)\n")
+        run = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{name}.p")], capture_output=True,
+                             text=True, timeout=60)
+        outcomes[name] = run.stdout.split()[0] if run.stdout.split() else f"exit {run.returncode}"
+    assert outcomes == {"object-flags-0x3f": "SystemError", "item-refcount-flag": "hasobject"}, outcomes
+
+
+@pytest.mark.parametrize("data, message", [
+    (array_pickle(DtypeCall("f4", None)), "never given its state"),  # dtype never given its state
+    (array_pickle(DtypeCall("f4", PLAIN_STATE, builds=2)), "state twice"),
+    (array_pickle(DtypeCall("O", PLAIN_STATE)), r"numpy.dtype\('O'"),
+    (array_pickle(DtypeCall("f8", PLAIN_STATE), data=bytes(48)), r"numpy.dtype\('f8'"),
+    (array_pickle(DtypeCall("f4", PLAIN_STATE), data=bytes(8)), "needs bytes of 24"),
+    (array_pickle(DtypeCall("f4", PLAIN_STATE), shape=(2, 1 << 30), data=bytes(24)), "needs bytes of 8589934592"),
+    (array_pickle(DtypeCall("f4", PLAIN_STATE), shape=(2, -3)), "D >= 1"),
+    (array_pickle(DtypeCall("f4", PLAIN_STATE), shape=(2, True)), "shape is"),
+    (array_pickle(DtypeCall("f4", PLAIN_STATE), fortran=1), "fortran_order is 1"),
+    (array_pickle(DtypeCall("f4", PLAIN_STATE), version=2), r"must be \(1, shape"),
+    (array_pickle((3, "<", None, None, None, -1, -1, 0)), "dtype is 'tuple'"),
+    (b"\x80\x03cnumpy\nndarray\n(tb.", "numpy.ndarray given a state"),
+    (b"\x80\x03cnumpy\ndtype\n" + opcodes(("f4", True, True)) + b"R.", "not allowed"),  # aligned
+    (b"\x80\x03]" + opcodes({"a": 1}) + b"b.", "not a numpy array pickle"),  # BUILD on a list
+], ids=["dtype-without-state", "dtype-state-twice", "object-dtype", "float64", "short-data", "huge-shape",
+        "negative-shape", "bool-in-shape", "fortran-not-bool", "array-state-version", "dtype-not-made-by-pickle",
+        "ndarray-marker-state", "bad-dtype-call", "build-on-list"])
+def test_crafted_array_states_are_refused_and_nothing_but_unpickling_errors_escape(data, message):
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        load_pickled_array(data)

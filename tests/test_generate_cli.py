@@ -188,6 +188,18 @@ def test_bad_inputs_exit_2_naming_the_flag(setup, tmp_path, capsys):
     error = run_error(unknown, capsys)
     assert "--levels" in error and "level_9" in error and "level_5" in error
     assert "--sampler" in run_error(args(setup, out, "--sampler", "heun"), capsys)
+    for flag in ("--width", "--height"):  # no upper bound before: 8192 x 8192 failed in the VAE after loading
+        assert f"{flag} 8192 is not allowed; allowed: a multiple of 8 from 8 to 4096" in run_error(
+            args(setup, out, flag, "8192"), capsys)
+    # An adapter that projects the (ordinary) embeddings to a user token past the bound: refused before any model
+    # loads, naming the profile and the magnitude (the token would overflow the LayerNorm and sample NaN).
+    tensors = random_adapter_tensors(get_family("sd15", 32, ModelSpec.tiny("sd15").context_dim), EMBEDDING_DIM)
+    tensors["user_proj"]["proj.weight"] *= 1e14
+    wild = args(setup, out)
+    wild[wild.index("--adapter") + 1] = str(write_adapter(tensors, tmp_path / "wild.safetensors"))
+    error = run_error(wild, capsys)
+    assert "profile level_0" in error and "adapter 'wild.safetensors' projects it to a user token of magnitude" in error
+    assert "allowed: at most 1e+12" in error
     assert "--negative-prompt-mode" in run_error(args(setup, out, "--negative-prompt-mode", "mine"), capsys)
     assert "--embeddings" in run_error(args(setup, out, adapter=False) + ["--adapter", str(setup["adapter"]),
                                                                           "--levels", "level_0"], capsys)

@@ -42,7 +42,9 @@ def test_loaders_list_and_load_files_from_the_model_folders(pack, model_folders,
 
 def test_family_mismatch_names_both(pack, tmp_path, sd15_model):
     sdxl = psa_core.get_family("sdxl")
-    adapter = psa_core.LoadedAdapter(sdxl, 3584, {}, [], name="psa_sdxl.safetensors")
+    projection = {"proj.weight": torch.zeros(2048, 3584), "proj.bias": torch.zeros(2048),
+                  "norm.weight": torch.ones(2048), "norm.bias": torch.zeros(2048)}
+    adapter = psa_core.LoadedAdapter(sdxl, 3584, projection, [], name="psa_sdxl.safetensors")
     embedding = psa_core.UserEmbedding(torch.zeros(1, 3584))
     with pytest.raises(psa_core.CompatibilityError,
                        match=r"adapter 'psa_sdxl.safetensors' is for SDXL \(70 cross-attention layers, context 2048\) "
@@ -80,3 +82,19 @@ def test_apply_checks_the_strength_it_is_given_when_it_runs(pack, sd15_model, st
     embedding = psa_core.UserEmbedding(torch.zeros(1, tm.TINY_EMBEDDING_DIM))
     with pytest.raises(psa_core.PSAError, match="strength .* allowed: a finite number from -10 to 10"):
         nodes.PSAApply.execute(sd15_model, adapter, embedding, strength, 0.0, 1.0)
+
+
+def test_apply_refuses_a_user_token_past_the_bound_before_sampling(pack, sd15_model):
+    nodes = pack.nodes.nodes_inference
+    family = psa_core.get_family("sd15", tm.TINY_CHANNELS, tm.TINY_CONTEXT["sd15"])
+    nested = tm.random_adapter_tensors(family, tm.TINY_EMBEDDING_DIM)
+    weights = [nested["psa_adapter"][f"{layer.index}.to_v_user.0.weight"] for layer in family.layers]
+    embedding = psa_core.UserEmbedding(torch.ones(2, tm.TINY_EMBEDDING_DIM), labels=("a", "b"))
+    ordinary = psa_core.LoadedAdapter(family, tm.TINY_EMBEDDING_DIM, dict(nested["user_proj"]), weights)
+    nodes.PSAApply.execute(sd15_model, ordinary, embedding, 1.0, 0.0, 1.0)  # the same embedding fits this one
+    wild = dict(nested["user_proj"], **{"proj.weight": nested["user_proj"]["proj.weight"] * 1e14})
+    adapter = psa_core.LoadedAdapter(family, tm.TINY_EMBEDDING_DIM, wild, weights, name="wild.safetensors")
+    with pytest.raises(psa_core.CompatibilityError, match=r"embedding row 0 \('a'\): adapter 'wild.safetensors' "
+                                                          r"projects it to a user token of magnitude .* allowed: at "
+                                                          r"most 1e\+12"):
+        nodes.PSAApply.execute(sd15_model, adapter, embedding, 1.0, 0.0, 1.0)

@@ -3,7 +3,12 @@ fields with their defaults and checks, and the node's configuration is the same 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +57,36 @@ def test_one_precision_vocabulary():
 
 def test_short_runs_warm_up_for_a_tenth_of_their_steps():
     assert [short_run_warmup(steps) for steps in (1, 9, 10, 600, 5000, 50_000)] == [0, 0, 1, 60, 500, 500]
+
+
+@pytest.mark.parametrize("name, too_large, allowed", [
+    ("resolution", 1_000_000_000, "a multiple of 8, from 8 to 4096 (or leave it out)"),
+    ("batch", 257, "an integer from 1 to 256"), ("cache_batch", 257, "an integer from 1 to 256"),
+    ("accumulation", 1025, "an integer from 1 to 1024"), ("steps", 1_000_001, "an integer from 1 to 1000000"),
+    ("warmup_steps", 1_000_001, "an integer from 0 to 1000000"),
+    ("checkpoint_every", 1_000_001, "an integer from 1 to 1000000"),
+    ("keep_checkpoints", 1_000_001, "an integer from 0 to 1000000"),
+])
+def test_sizes_are_bounded_and_the_bound_itself_is_allowed(name, too_large, allowed):
+    with pytest.raises(TrainingError, match=rf"^{flag(name)} {too_large} is not allowed; allowed: "
+                                            rf"{allowed.replace('(', '[(]').replace(')', '[)]')}$"):
+        parse_train_args(["train", *REQUIRED, flag(name), str(too_large)])
+    largest = setting_of(name).bounds.high
+    assert getattr(parse_train_args(["train", *REQUIRED, flag(name), str(largest)]), name) == largest
+
+
+def test_an_absurd_resolution_exits_2_before_anything_loads(tmp_path):
+    # The real command line. --base-model and --data do not exist: had anything been read or loaded before the
+    # settings were checked, the message would be about them (and the run took minutes, ending in MemoryError).
+    repo = Path(__file__).resolve().parent.parent
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "trainer", "train", "--base-model", str(tmp_path / "model"),
+                             "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+                             "--resolution", "1000000000"], cwd=repo, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(repo)))
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["psa-trainer: error: --resolution 1000000000 is not allowed; allowed: a multiple of 8, from 8 "
+                     "to 4096 (or leave it out)"], result.stderr
+    assert not (tmp_path / "out").exists() and elapsed < 60  # importing torch is most of it (a few seconds)

@@ -85,7 +85,7 @@ def test_sage_metadata_is_read_with_users_and_categories(tmp_path):
 def test_sage_problems_name_every_line_and_missing_image(tmp_path):
     lines = [sage_line(S, U), "{not json", json.dumps([1]), sage_line(S, S),
              json.dumps({"chosen": S, "rejected": U, "caption": "x"}), sage_line("gone_s.jpg", U),
-             sage_line(S, "gone_u.jpg"), sage_line("gone_s.jpg", U)]
+             sage_line(S, "gone_u.jpg"), sage_line("gone_s.jpg", U, caption="another")]
     folder = write_sage(tmp_path, lines, [S, U])
     with pytest.raises(DatasetError) as caught:
         read_sage(folder)
@@ -103,7 +103,75 @@ def test_sage_problems_name_every_line_and_missing_image(tmp_path):
         read_sage(tmp_path / "nowhere")
 
 
+def test_a_repeated_sage_line_is_reported_like_a_repeated_prompt_pair(tmp_path):
+    # The same line three times (as in the issue) gave three records; now lines 2 and 3 are reported as repeats of
+    # line 1 (an error, like a repeated prompt pair), and --skip-invalid keeps line 1 and lists the other two.
+    lines = [sage_line(S, U), sage_line(S, U), sage_line(U, S, user=34), sage_line(S, U)]
+    folder = write_sage(tmp_path, lines, [S, U])
+    with pytest.raises(DatasetError) as caught:
+        read_sage(folder)
+    message = str(caught.value)
+    assert "metadata.jsonl: 2 malformed lines" in message
+    assert "line 2: repeats line 1 (same chosen, rejected, caption and user_data)" in message
+    assert "line 4: repeats line 1" in message and "line 3" not in message
+    data = read_sage(folder, skip_invalid=True)
+    assert [r.source for r in data.records] == ["metadata.jsonl:1", "metadata.jsonl:3"]
+    assert "line 2: repeats line 1" in data.skipped[0] and "line 4: repeats line 1" in data.skipped[0]
+    # Not repeats: another caption, the swapped pair, another user; one User_ID spelled 33 and 0000033 is one user.
+    lines = [sage_line(S, U), sage_line(S, U, caption="other"), sage_line(U, S), sage_line(S, U, user=34),
+             sage_line(S, U, user=33, caption="third")]
+    assert len(read_sage(write_sage(tmp_path / "distinct", lines, [S, U])).records) == 5
+
+
+def test_one_user_id_with_two_profiles_anywhere_in_the_sage_file_is_an_error_before_any_split(tmp_path):
+    other = json.dumps({"chosen": U, "rejected": S, "caption": "far away",
+                        "user_data": {"User_ID": "0000033", "Cluster_ID": 2, "Age": 31, "Gender": "female"}})
+    lines = [sage_line(S, U)] + [sage_line(S, U, user=100 + i) for i in range(30)] + [other]
+    folder = write_sage(tmp_path, lines, [S, U])
+    for skip_invalid in (False, True):  # leaving lines out cannot choose the right profile: always an error
+        with pytest.raises(DatasetError) as caught:
+            read_sage(folder, skip_invalid=skip_invalid)
+        message = str(caught.value)
+        assert "metadata.jsonl: 1 User_ID with two different profiles" in message
+        assert "line 32: User_ID 0000033 differs from line 1 in Age, Gender" in message
+    # The split never sees the file: read_training_data (what the trainer and the nodes call first) refuses it.
+    from psa_core.training.inputs import read_training_data
+    with pytest.raises(DatasetError, match="two different profiles"):
+        read_training_data(folder)
+
+
+def test_the_trainer_exits_2_with_the_report_for_repeats_and_profile_conflicts(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    other = sage_line(U, S).replace('"Age": 30', '"Age": 31')
+    folder = write_sage(tmp_path / "data", [sage_line(S, U)] * 3 + [other], [S, U])
+    argv = ["train", "--base-model", str(tmp_path / "no-model.safetensors"), "--data", str(folder), "--output",
+            str(tmp_path / "out"), "--encoder", "psa-structured-v1", "--device", "cpu"]
+    assert main(argv) == 2  # the data is read before the model: the missing model is never reached
+    error = capsys.readouterr().err
+    assert "psa-trainer: error: metadata.jsonl: 1 User_ID with two different profiles" in error
+    assert "line 4: User_ID 0000033 differs from line 1 in Age" in error and "Traceback" not in error
+    folder = write_sage(tmp_path / "data", [sage_line(S, U)] * 3, [S, U])
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "line 2: repeats line 1" in error and "line 3: repeats line 1" in error and "Traceback" not in error
+
+
 # ---- unlabelled pairs ----
+
+def test_a_repeated_pair_line_is_reported(tmp_path):
+    write_pairs(tmp_path, 2, size=16, name="two.jsonl")
+    first, second = (tmp_path / "two.jsonl").read_text().splitlines()
+    (tmp_path / "pairs.jsonl").write_text("\n".join([first, first, second, first]) + "\n")
+    with pytest.raises(DatasetError) as caught:
+        read_unlabelled_pairs(tmp_path / "pairs.jsonl")
+    message = str(caught.value)
+    assert "pairs.jsonl: 2 malformed lines" in message
+    assert "line 2: repeats line 1 (same safe, unsafe, category and caption)" in message
+    assert "line 4: repeats line 1" in message
+    pairs, problems = read_unlabelled_pairs(tmp_path / "pairs.jsonl", skip_invalid=True)
+    assert [p.line for p in pairs] == [1, 3] and "line 4: repeats line 1" in problems.describe()
+
 
 def test_pairs_are_labelled_per_profile(tmp_path):
     pairs_file = write_pairs(tmp_path, 3, category="Violence", size=16)

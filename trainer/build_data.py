@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from psa_core.training.errors import TrainingError
 from psa_core.fingerprint import HashMemo, model_fingerprint
 from psa_core.precision import DEVICES, PRECISION_DTYPES, PRECISIONS, resolve_compute
 from psa_core.text_limits import MAX_PROMPT_CHARS, check_text, limit_text
-from psa_core.training.config import DEFAULT_RESOLUTION
+from psa_core.training.config import DEFAULT_RESOLUTION, MAX_RESOLUTION
 
 from .models import load_base_model
 
@@ -64,13 +65,18 @@ class BuildConfig:
                                      ("device", self.device, DEVICES)):
             if value not in allowed:
                 raise TrainingError(f"--{flag} {value!r} is not allowed; allowed: {', '.join(allowed)}")
-        if self.steps < 1:
-            raise TrainingError(f"--steps must be at least 1, got {self.steps}")
+        from .generate import MAX_STEPS  # generate's sampling bounds: one limit for both commands
+
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise TrainingError(f"--steps {self.steps} is not allowed; allowed: 1 to {MAX_STEPS}")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise TrainingError(f"--guidance {self.guidance} is not allowed; allowed: a finite number >= 0")
         if not 0 <= self.seed <= MAX_SEED:
             raise TrainingError(f"--seed must be 0 to {MAX_SEED}, got {self.seed}")
         for flag, value in (("width", self.width), ("height", self.height)):
-            if value is not None and (value < 8 or value % 8):
-                raise TrainingError(f"--{flag} {value} is not allowed; allowed: a multiple of 8, at least 8")
+            if value is not None and (value < 8 or value % 8 or value > MAX_RESOLUTION):
+                raise TrainingError(f"--{flag} {value} is not allowed; allowed: a multiple of 8 from 8 to "
+                                    f"{MAX_RESOLUTION}")
         check_text(self.negative_prompt, "--negative-prompt")
         return self
 

@@ -110,9 +110,12 @@ class GenerateConfig:
             raise EvaluationError(f"--scale {self.scale} is not allowed; allowed: -{MAX_SCALE} to {MAX_SCALE}")
         if not 0 <= self.seed <= MAX_SEED:
             raise EvaluationError(f"--seed {self.seed} is not allowed; allowed: 0 to {MAX_SEED}")
+        from psa_core.training.config import MAX_RESOLUTION  # the trainer's bound: one size limit for both
+
         for flag, value in (("width", self.width), ("height", self.height)):
-            if value is not None and (value < 8 or value % 8):
-                raise EvaluationError(f"--{flag} {value} is not allowed; allowed: a multiple of 8, at least 8")
+            if value is not None and (value < 8 or value % 8 or value > MAX_RESOLUTION):
+                raise EvaluationError(f"--{flag} {value} is not allowed; allowed: a multiple of 8 from 8 to "
+                                      f"{MAX_RESOLUTION}")
         if self.limit is not None and self.limit < 1:
             raise EvaluationError(f"--limit {self.limit} is not allowed; allowed: at least 1 (the first N rows)")
         if not 1 <= self.batch <= MAX_BATCH:

@@ -26,6 +26,12 @@ MAX_SEED = 2**63 - 1  # every random number of a run comes from derived_seed(see
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}  # the families' native training sizes
 ADAPTER_SUFFIX = ".safetensors"
 GROUPS = ("model", "data", "training")
+# Upper bounds on sizes, checked with every other value before anything loads (docs/training.md §5): a size past
+# them can only end in an out-of-memory error after the model has loaded. The same as the training node's widgets.
+MAX_RESOLUTION = 4096  # 4 x SDXL's native 1024 (a 512 x 512 latent); generate's width/height bound too
+MAX_BATCH = 256  # pairs per micro-batch (512 UNet samples), and images per VAE call while caching
+MAX_ACCUMULATION = 1024  # micro-batches per optimizer step
+MAX_STEPS = 1_000_000  # 200 x PSAlign's 5000 steps; bounds warmup, checkpoint interval and kept checkpoints too
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ class TrainingConfig:
     skip_invalid: bool = setting(False, "data", "leave out malformed lines and pairs with missing images (listed in "
                                  "the log) instead of stopping")
     resolution: int | None = setting(None, "data", "training resolution (default 512 SD1.5, 1024 SDXL)",
-                                     bounds=Bounds(8, multiple=8))
+                                     bounds=Bounds(8, MAX_RESOLUTION, multiple=8))
     hflip: bool = setting(True, "data", "random horizontal flips, the same for winner and loser (caches both "
                           "variants)")
     caption_dropout: float = setting(0.2, "data", "probability of training a pair with the empty caption (applied "
@@ -112,19 +118,20 @@ class TrainingConfig:
     cache_dir: str | None = setting(None, "data", "where VAE latents and text conditioning are cached (default: "
                                     "<data folder>/.psa_cache)")
     cache_dtype: str = setting("float16", "data", choices=tuple(STORAGE_DTYPES))
-    cache_batch: int = setting(8, "data", "images per VAE call while caching", bounds=Bounds(1))
+    cache_batch: int = setting(8, "data", "images per VAE call while caching", bounds=Bounds(1, MAX_BATCH))
     # training
     output: str = setting("", "training", "output folder (adapter, log, plot, checkpoints)")
-    steps: int = setting(5000, "training", "optimizer steps", bounds=Bounds(1))
+    steps: int = setting(5000, "training", "optimizer steps", bounds=Bounds(1, MAX_STEPS))
     lr: float = setting(5e-6, "training", "learning rate", bounds=Bounds(0, above_low=True))
     lr_schedule: str = setting("constant_with_warmup", "training", choices=LR_SCHEDULES)
-    warmup_steps: int = setting(500, "training", bounds=Bounds(0))
+    warmup_steps: int = setting(500, "training", bounds=Bounds(0, MAX_STEPS))
     optimizer: str = setting("adamw", "training", choices=OPTIMIZERS)
     weight_decay: float = setting(1e-2, "training", bounds=Bounds(0))
     adam_epsilon: float = setting(1e-8, "training", "AdamW's epsilon (the optimizer's denominator term)",
                                   bounds=Bounds(0, above_low=True))
-    batch: int = setting(1, "training", "pairs per process per micro-batch", bounds=Bounds(1))
-    accumulation: int = setting(1, "training", "micro-batches per optimizer step", bounds=Bounds(1))
+    batch: int = setting(1, "training", "pairs per process per micro-batch", bounds=Bounds(1, MAX_BATCH))
+    accumulation: int = setting(1, "training", "micro-batches per optimizer step",
+                                bounds=Bounds(1, MAX_ACCUMULATION))
     beta: float = setting(DEFAULT_BETA, "training", BETA_HELP, bounds=Bounds(0, above_low=True))
     precision: str = setting("auto", "training", "the UNet's compute precision; trainable weights stay fp32 (auto: "
                              "the trainer picks bf16 on GPUs that support it, else fp32; the node keeps the dtype "
@@ -132,8 +139,8 @@ class TrainingConfig:
     gradient_checkpointing: bool = setting(False, "training")
     max_grad_norm: float = setting(1.0, "training", "gradient clipping (0: off)", bounds=Bounds(0))
     seed: int = setting(0, "training", bounds=Bounds(0, MAX_SEED))
-    checkpoint_every: int = setting(500, "training", "steps between checkpoints", bounds=Bounds(1))
-    keep_checkpoints: int = setting(3, "training", "0 keeps all", bounds=Bounds(0))
+    checkpoint_every: int = setting(500, "training", "steps between checkpoints", bounds=Bounds(1, MAX_STEPS))
+    keep_checkpoints: int = setting(3, "training", "0 keeps all", bounds=Bounds(0, MAX_STEPS))
     resume: str | None = setting(None, "training", "'latest' or a checkpoint folder to continue from")
     device: str = setting("auto", "training", choices=DEVICES)
     save_dtype: str = setting("float32", "training", choices=tuple(SAVE_DTYPES))

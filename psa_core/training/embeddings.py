@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from ..embedding import load_user_vector, user_embedding_file
+from ..embedding import check_embedding_values, load_user_vector, user_embedding_file
 from ..encoders.base import ProfileEncoder, encode_profiles
 from ..encoders.cache import EmbeddingCache
 from ..errors import EmbeddingFileError
@@ -59,6 +59,10 @@ def build_user_table(records: Sequence[PairRecord], source: EmbeddingSource) -> 
                            "expected [users, dim]")
     if not torch.isfinite(vectors).all():
         raise DatasetError("user embeddings contain NaN or infinite values")
+    try:
+        check_embedding_values(vectors, "user embeddings")
+    except EmbeddingFileError as error:
+        raise DatasetError(str(error)) from None
     row = {user_id: i for i, (user_id, _) in enumerate(users)}
     return UserTable(tuple(u for u, _ in users), vectors.float().contiguous(),
                      tuple(row[r.user_id] for r in records), source.encoder)

@@ -131,6 +131,7 @@ def read_unlabelled_pairs(path: str | Path, skip_invalid: bool = False, extra_ca
     extra_categories = tuple(extra_categories) + read_extra_categories(path)
     problems = Problems(path.name)
     pairs = []
+    seen: dict[tuple, int] = {}
     for number, data, reason in _rows(path):
         pair = None
         if reason is None:
@@ -138,6 +139,12 @@ def read_unlabelled_pairs(path: str | Path, skip_invalid: bool = False, extra_ca
         if reason:
             problems.bad_line(number, reason)
             continue
+        identity = (pair.safe, pair.unsafe, pair.category, pair.caption)
+        if identity in seen:
+            problems.bad_line(number, f"repeats line {seen[identity]} (same safe, unsafe, category and caption); "
+                                      "remove it")
+            continue
+        seen[identity] = number
         for name in (pair.safe, pair.unsafe):
             if not (root / name).is_file():
                 problems.missing_file(name, number)

@@ -94,6 +94,37 @@ class Problems:
             raise DatasetError(f"{self.describe()}\n{hint}")
 
 
+@dataclass
+class ProfileLines:
+    """The first profile (canonical user_data) of each User_ID in a file, and every later line that differs: one
+    User_ID must mean one profile in the whole file, whichever part of a split its lines fall in."""
+
+    source: str
+    first: dict[str, tuple[str, int]] = field(default_factory=dict)
+    conflicts: list[tuple[str, int, int, list[str]]] = field(default_factory=list)
+
+    def add(self, user_id: str, user_data: str, line: int) -> None:
+        known, known_line = self.first.setdefault(user_id, (user_data, line))
+        if known != user_data:
+            before, after = json.loads(known), json.loads(user_data)
+            keys = sorted(str(key) for key in set(before) | set(after) if before.get(key) != after.get(key))
+            self.conflicts.append((user_id, known_line, line, keys))
+
+    def raise_if_any(self) -> None:
+        if not self.conflicts:
+            return
+        users = sorted({user_id for user_id, *_ in self.conflicts})
+        lines = [f"{self.source}: {len(users)} User_ID{'s' if len(users) != 1 else ''} with two different "
+                 f"profiles (user_data):"]
+        for user_id, first, line, keys in self.conflicts[:MAX_LISTED_PROBLEMS]:
+            shown_keys = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+            lines.append(f"  line {line}: User_ID {user_id} differs from line {first} in {shown_keys}")
+        if len(self.conflicts) > MAX_LISTED_PROBLEMS:
+            lines.append(f"  ... and {len(self.conflicts) - MAX_LISTED_PROBLEMS} more lines")
+        raise DatasetError("\n".join(lines) + "\none User_ID must mean one profile: give the other profile its own "
+                           "User_ID or correct its user_data (--skip-invalid cannot choose between them)")
+
+
 @dataclass(frozen=True)
 class LabelledData:
     """Records ready for caching, the folder their image paths are relative to, and what was skipped."""

@@ -2,8 +2,11 @@
 
 Each line is one labelled pair: `chosen`, `rejected` (image names relative to the root), `caption`, and
 `user_data` with at least `User_ID` (`file_name` may be present and is ignored). Every malformed line is
-reported with its line number and every missing image by name; by default any problem stops the run, and
-with `skip_invalid=True` the offending lines are left out and the report is returned (never silently).
+reported with its line number and every missing image by name, and so is a line that repeats an earlier one
+(the same chosen, rejected, caption and user_data); by default any problem stops the run, and with
+`skip_invalid=True` the offending lines are left out (a repeat's first line is kept) and the report is returned
+(never silently). A User_ID whose lines give two different `user_data` objects anywhere in the file always stops
+the run, before any split: leaving lines out cannot tell which profile is meant (docs/training.md §6).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from .records import (
     SKIPPED_REPORT,
     LabelledData,
     PairRecord,
+    ProfileLines,
     Problems,
     canonical_user_data,
     check_records,
@@ -68,16 +72,28 @@ def read_sage(root: str | Path, skip_invalid: bool = False, contained: bool = Fa
     root = metadata.parent
     problems = Problems(metadata.name)
     candidates: list[tuple[int, dict]] = []
+    seen: dict[tuple, int] = {}
+    profiles = ProfileLines(metadata.name)
     for number, data, reason in json_lines(metadata):
         if reason is None:
             data, reason = _check_line(data, contained)
         if reason:
             problems.bad_line(number, reason)
             continue
+        user_id = check_user_id(data["user_data"]["User_ID"])
+        user_data = canonical_user_data({**data["user_data"], "User_ID": user_id})
+        profiles.add(user_id, user_data, number)
+        identity = (data["chosen"], data["rejected"], data["caption"], user_data)
+        if identity in seen:
+            problems.bad_line(number, f"repeats line {seen[identity]} (same chosen, rejected, caption and "
+                                      "user_data); remove it")
+            continue
+        seen[identity] = number
         for key in ("chosen", "rejected"):
             if not (root / data[key]).is_file():
                 problems.missing_file(data[key], number)
         candidates.append((number, data))
+    profiles.raise_if_any()
     if problems and not skip_invalid:
         problems.raise_if_any("fix these lines or images, or pass --skip-invalid to leave them out (the trainer "
                               f"then lists them in {SKIPPED_REPORT} in its output folder)")
