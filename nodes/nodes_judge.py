@@ -8,7 +8,7 @@ from ..psa_core.encoders.llm import DTYPE_CHOICES, DTYPES, read_model_config, re
 from ..psa_core.evaluation.judge import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, VLMJudge
 from ..psa_core.evaluation.judge_prompts import BLIND, MODES
 from ..psa_core.evaluation.judged_images import judge_batch
-from .checked_node import CheckedNode
+from .checked_node import CheckedNode, about
 from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE
 from ..psa_core.encoders.placement import RUN
 from .model_memory import DEVICE_TOOLTIP, DEVICES, ComfyPlacement, NodeProgress
@@ -55,9 +55,11 @@ class PSALoadJudge(CheckedNode):
     @classmethod
     def execute(cls, vlm: str, precision: str, device: str, max_new_tokens: int) -> io.NodeOutput:
         folder = LLM_FOLDER.find(vlm, "vlm")
-        dtype = DTYPES[resolve_dtype(precision, read_model_config(folder))]
-        return io.NodeOutput(VLMJudge.from_folder(folder, dtype=dtype, max_new_tokens=max_new_tokens,
-                                                  placement=ComfyPlacement(device, node="PSA Judge Image")))
+        with about("vlm"):  # a folder that is not a usable model: the message names the input, then the folder
+            dtype = DTYPES[resolve_dtype(precision, read_model_config(folder))]
+            judge = VLMJudge.from_folder(folder, dtype=dtype, max_new_tokens=max_new_tokens,
+                                         placement=ComfyPlacement(device, node="PSA Judge Image"))
+        return io.NodeOutput(judge)
 
 
 class PSAJudgeImage(CheckedNode):
