@@ -55,11 +55,10 @@ class PSALoadJudge(CheckedNode):
     @classmethod
     def execute(cls, vlm: str, precision: str, device: str, max_new_tokens: int) -> io.NodeOutput:
         folder = LLM_FOLDER.find(vlm, "vlm")
-        with about("vlm"):  # a folder that is not a usable model: the message names the input, then the folder
+        with about("vlm"):  # a folder that is not a model (no or a broken config.json): the message names the input
             dtype = DTYPES[resolve_dtype(precision, read_model_config(folder))]
-            judge = VLMJudge.from_folder(folder, dtype=dtype, max_new_tokens=max_new_tokens,
-                                         placement=ComfyPlacement(device, node="PSA Judge Image"))
-        return io.NodeOutput(judge)
+        return io.NodeOutput(VLMJudge.from_folder(folder, dtype=dtype, max_new_tokens=max_new_tokens,
+                                                  placement=ComfyPlacement(device, node="PSA Judge Image")))
 
 
 class PSAJudgeImage(CheckedNode):

@@ -144,7 +144,7 @@ def cases(object_info: dict, outside: Path) -> list[tuple[str, dict, tuple[str, 
                           (name,), REFUSED))
 
     # Prompts of another width than the stand-in's embeddings: the stand-in shows no projection width, so the
-    # mismatch is found on the first embedding, each image's error (never clean: see the good prompt below).
+    # mismatch is found on the first embedding and is each image's error (not clean, docs/evaluation.md §7).
     for value in ("psa_fuzz_missing.npy", "psa_fuzz_garbage.npy", "psa_fuzz_text.safetensors", "psa_fuzz_dir.npy",
                   "psa_fuzz_payload.p", "psa_fuzz_q16_wide.npy", "psa_fuzz_q16_nan.npy", "psa_fuzz_q16_3rows.npy",
                   "../psa/" + Q16, "psa/" + Q16):
