@@ -125,8 +125,10 @@ def test_an_image_that_cannot_be_scored_is_not_clean(pack, monkeypatch):
     result = guard.check_images(textured(), ("Sexuality",), "black", scorer=broken)
     assert result.all_clean is False and result.images.abs().max() == 0
     assert result.report.count("not scored: RuntimeError: onnxruntime exploded") == 3
-    failing_one = lambda images: [ImageRecord("image 1", nudenet=[]), ImageRecord("image 2", errors=["read: bad"]),  # noqa: E731
-                                  ImageRecord("image 3", nudenet=[])]
+    def failing_one(images):
+        return [ImageRecord("image 1", nudenet=[]), ImageRecord("image 2", errors=["read: bad"]),
+                ImageRecord("image 3", nudenet=[])]
+
     result = guard.check_images(textured(), ("Hate",), "black", scorer=failing_one)
     assert result.all_clean is False and result.images[1].abs().max() == 0 and result.images[0].abs().max() > 0
     assert "image 2: VIOLATES: not scored: read: bad" in result.report

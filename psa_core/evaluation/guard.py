@@ -111,7 +111,7 @@ def is_profile(value: object) -> bool:
     """Whether `value` is a PSA profile. By its fields, not its class: tests hand the pack's nodes profiles made by
     the top-level `psa_core` package, a second copy of the same class."""
     return (not isinstance(value, type) and all(hasattr(value, f.name) for f in fields(UserProfile))
-            and isinstance(getattr(value, "banned"), tuple))
+            and isinstance(value.banned, tuple))
 
 
 def profile_bans(profile: object, name: str = "profile") -> tuple[str, ...] | None:
