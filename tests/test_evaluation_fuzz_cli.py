@@ -126,15 +126,12 @@ def base_flags(command: str, p: dict[str, Path], out: Path) -> dict[str, str | N
 # Cases that misbehave in code no part of issue 20 changes (found by this test); test_known_misbehaviour holds them
 # to their contract as a strict xfail, so that each one fixed shows up (then delete it here). Label -> what happens.
 KNOWN = {
-    ("generate", "huge size"): "exit 1 with a traceback (torch cannot allocate the latents) after loading the model",
-    ("build-data", "huge size"): "exit 1 with a traceback (torch cannot allocate the latents) after loading the model",
     ("score", "binary NudeNet model"): "a traceback: onnxruntime's InvalidProtobuf escapes (not the pack's error)",
     ("score", "unknown profile for the judge"): "exit 0: every image's judge error is 'profile ... has no attributes'",
     ("compare", "unknown profile"): "exit 0: every pair's judge error is 'profile ... has no attributes'",
     ("build-data", "unknown family"): "argparse's usage text and 'psa-trainer build-data: error:' (generate, score "
                                       "and compare print one 'psa-trainer: error:' line)",
     ("build-data", "unknown sampler"): "argparse's usage text, as for --family",
-    ("build-data", "NaN guidance"): "exit 0: renders with guidance NaN",
     ("build-data", "file as output"): "a traceback: NotADirectoryError from the dataset writer",
     ("build-data", "a folder of someone else's files as output"): "exit 0: writes .lock, dataset.json and images/ "
                                                                    "into the folder and appends to its pairs.jsonl",
