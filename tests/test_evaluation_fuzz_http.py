@@ -103,11 +103,13 @@ def judge_prompt(object_info: dict, judge_values: dict, load_values: dict | None
 
 
 ANY, REFUSED, AT_VALIDATION = "refused or ran", "refused", "refused at validation"
+NOT_CLEAN = "refused, or ran with no image clean"
 
 
 def cases(object_info: dict, outside: Path) -> list[tuple[str, dict, tuple[str, ...], str]]:
     """(label, prompt, words one of which a refusal must contain, what is required: ANY, REFUSED (at validation or
-    when the node runs; running to success is wrong) or AT_VALIDATION)."""
+    when the node runs; running to success is wrong), NOT_CLEAN (a run must report 0 clean images) or
+    AT_VALIDATION)."""
     found = []
     for name, kind in (("violating", "COMBO"), ("q16_prompts", "STRING")):
         for value in bad_values(kind, outside):
@@ -150,7 +152,7 @@ def cases(object_info: dict, outside: Path) -> list[tuple[str, dict, tuple[str, 
                   "../psa/" + Q16, "psa/" + Q16):
         found.append((f"PSASafetyCheck.q16_prompts file {value}",
                       safety_prompt(object_info, {"q16_prompts": value}, q16=True), ("q16_prompts", value),
-                      ANY if value == "psa_fuzz_q16_wide.npy" else REFUSED))
+                      NOT_CLEAN if value == "psa_fuzz_q16_wide.npy" else REFUSED))
     for value in ("psa_fuzz_missing_vlm", "psa_fuzz_empty_vlm", "psa_fuzz_garbage_vlm", "psa_fuzz_a_file",
                   f"{VLM}/..", f"{VLM}/../{VLM}", f"./{VLM}/"):
         found.append((f"PSALoadJudge.vlm folder {value}", judge_prompt(object_info, {}, {"vlm": value}),
@@ -170,7 +172,10 @@ def problem_of(entry: dict, words: tuple[str, ...], need: str) -> str | None:
     """None when the prompt stopped with the pack's own error naming one of `words`, or (unless `need` is REFUSED)
     ran to success."""
     if entry["status"]["status_str"] == "success":
-        return f"ran to success: {preview(entry)[:200]!r}" if need == REFUSED else None
+        text = preview(entry)
+        if need == REFUSED or (need == NOT_CLEAN and not text.startswith("PSA Safety Check: 0 of ")):
+            return f"ran to success: {text[:200]!r}"
+        return None
     for kind, data in entry["status"].get("messages", []):
         if kind == "execution_error":
             error_type, message = data.get("exception_type", ""), data.get("exception_message", "")
