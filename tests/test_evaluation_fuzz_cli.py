@@ -127,8 +127,10 @@ def base_flags(command: str, p: dict[str, Path], out: Path) -> dict[str, str | N
 # to their contract as a strict xfail, so that each one fixed shows up (then delete it here). Label -> what happens.
 KNOWN = {
     ("score", "binary NudeNet model"): "a traceback: onnxruntime's InvalidProtobuf escapes (not the pack's error)",
-    ("score", "unknown profile for the judge"): "exit 0: every image's judge error is 'profile ... has no attributes'",
-    ("compare", "unknown profile"): "exit 0: every pair's judge error is 'profile ... has no attributes'",
+    ("score", "unknown profile for the judge"): "the judge loads, every image's error is 'profile ... has no "
+                                                "attributes'; exit 0 (exit 1 with the output-folder branch)",
+    ("compare", "unknown profile"): "the judge loads, every pair's error is 'profile ... has no attributes'; exit 0 "
+                                    "(exit 1 with the output-folder branch)",
     ("build-data", "unknown family"): "argparse's usage text and 'psa-trainer build-data: error:' (generate, score "
                                       "and compare print one 'psa-trainer: error:' line)",
     ("build-data", "unknown sampler"): "argparse's usage text, as for --family",
