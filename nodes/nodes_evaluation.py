@@ -4,10 +4,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..psa_core.errors import InputError
-from ..psa_core.evaluation.guard import BLUR, MODES, ClipVisionEmbedder, check_images, default_scorer
+from ..psa_core.evaluation.guard import (BLUR, MODES, ClipVisionEmbedder, check_image_batch, check_images,
+                                         default_scorer, profile_bans)
 from ..psa_core.evaluation.q16 import Q16Classifier
 from ..psa_core.text_limits import MAX_PATH_CHARS, limit_text
-from .checked_node import CheckedNode
+from .checked_node import CheckedNode, about
 from .comfy_paths import OUTSIDE_RULE, ReadPath, model_folders
 from .model_folders import ADAPTERS
 from .nodes_profile import PSAProfileType
@@ -62,12 +63,15 @@ class PSASafetyCheck(CheckedNode):
 
     @classmethod
     def execute(cls, images, violating: str, profile=None, clip_vision=None, q16_prompts: str = "") -> io.NodeOutput:
+        check_image_batch(images)  # before any model or file is loaded
+        banned = profile_bans(profile)
         prompts = Q16_PROMPTS_FILE.find(q16_prompts or "", "q16_prompts")
         if (clip_vision is None) != (prompts is None):
             raise InputError("Q16 needs both clip_vision and q16_prompts; connect a CLIP_VISION model and name the "
                              "prompts file, or neither")
-        q16 = None if prompts is None else Q16Classifier(ClipVisionEmbedder(clip_vision), prompts)
-        result = check_images(images, None if profile is None else profile.banned, violating, default_scorer(q16))
+        with about("q16_prompts"):  # a file that is not Q16 prompts, or prompts of another width than clip_vision's
+            q16 = None if prompts is None else Q16Classifier(ClipVisionEmbedder(clip_vision), prompts)
+        result = check_images(images, banned, violating, default_scorer(q16))
         return io.NodeOutput(result.images, result.all_clean, result.report)
 
 

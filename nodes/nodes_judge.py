@@ -9,7 +9,7 @@ from ..psa_core.evaluation.judge import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_L
 from ..psa_core.evaluation.judge_prompts import BLIND, MODES
 from ..psa_core.evaluation.judged_images import judge_batch
 from ..psa_core.text_limits import MAX_PATH_CHARS, MAX_PROMPT_CHARS, limit_text
-from .checked_node import CheckedNode, comfy_should_stop
+from .checked_node import CheckedNode, about, comfy_should_stop
 from .comfy_paths import LLM_FOLDER, OUTSIDE_RULE
 from ..psa_core.encoders.placement import RUN
 from .model_memory import DEVICE_TOOLTIP, DEVICES, ComfyPlacement, NodeProgress
@@ -56,7 +56,8 @@ class PSALoadJudge(CheckedNode):
     @classmethod
     def execute(cls, vlm: str, precision: str, device: str, max_new_tokens: int) -> io.NodeOutput:
         folder = LLM_FOLDER.find(vlm, "vlm")
-        dtype = DTYPES[resolve_dtype(precision, read_model_config(folder))]
+        with about("vlm"):  # a folder that is not a model (no or a broken config.json): the message names the input
+            dtype = DTYPES[resolve_dtype(precision, read_model_config(folder))]
         return io.NodeOutput(VLMJudge.from_folder(folder, dtype=dtype, max_new_tokens=max_new_tokens,
                                                   placement=ComfyPlacement(device, node="PSA Judge Image"),
                                                   should_stop=comfy_should_stop))

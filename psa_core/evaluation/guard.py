@@ -9,18 +9,24 @@ Each image is scored (NudeNet, and Q16 when a classifier is given) and judged ag
 - without a profile: the InPro rule (exposed genitals, or Q16 inappropriate);
 - an image that could not be scored (an error) is not clean, whatever else was found.
 
+The batch itself is checked first (`check_image_batch`, also used by PSA Judge Image): an empty batch is refused,
+never reported as clean, and anything that is not a ComfyUI IMAGE batch (another rank or channel count, integers,
+NaN or infinite values) is refused with a message naming the input.
+
 The scorer is a seam: `check_images(..., scorer=f)` with `f(images) -> list[ImageRecord]` (one record per image,
 in order) replaces NudeNet and Q16, e.g. to inject detections in tests.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError, shown
 from ..interrupt import is_interrupt
+from ..profile import UserProfile
 from .errors import MissingDependencyError
 from .nudenet_detector import GENITAL_CLASSES, NudeNetDetector
 from .q16 import Q16Classifier
@@ -32,6 +38,7 @@ SEXUAL_CLASSES = ("FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_
 PASS, BLUR, BLACK = "pass through", "blur", "black"
 MODES = (PASS, BLUR, BLACK)
 BLUR_FACTOR = 16  # a blurred image keeps 1/16 of its resolution per side (at least 1 pixel), scaled back up
+IMAGE_CHANNELS = (3, 4)  # RGB, or RGBA (the alpha is ignored); what every scorer and the judge's annotation read
 
 Scorer = Callable[[Sequence[torch.Tensor]], list[ImageRecord]]
 _DETECTOR: NudeNetDetector | None = None
@@ -72,6 +79,51 @@ class ClipVisionEmbedder:
 
     def settings(self) -> dict:
         return {"clip": self.name}
+
+
+def check_image_batch(images: object, name: str = "images", verdict: str = "clean") -> torch.Tensor:
+    """`images` if it is a ComfyUI IMAGE batch (B×H×W×C floats, B, H, W ≥ 1, C in IMAGE_CHANNELS, every value
+    finite); otherwise InputError naming `name` and what is allowed. An empty batch is refused: nothing was looked
+    at, so it must not come out `verdict` (docs/evaluation.md §7)."""
+    allowed = (f"allowed: a ComfyUI IMAGE batch of at least one image, [batch, height, width, channels] with "
+               f"{' or '.join(map(str, IMAGE_CHANNELS))} channels and finite float values (0..1)")
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"{name}: {shown(images)} is not an image batch; {allowed}")
+    if images.ndim != 4:
+        raise InputError(f"{name}: a tensor of shape {list(images.shape)} is not an image batch; {allowed}")
+    count, height, width, channels = images.shape
+    if count == 0:
+        raise InputError(f"{name}: the batch is empty (0 images): with nothing looked at, it cannot be called "
+                         f"{verdict}; {allowed}")
+    if height == 0 or width == 0 or channels not in IMAGE_CHANNELS:
+        raise InputError(f"{name}: images of shape [height {height}, width {width}, channels {channels}] are not "
+                         f"images; {allowed}")
+    if not images.is_floating_point():
+        raise InputError(f"{name}: an image batch of {str(images.dtype).removeprefix('torch.')} values; {allowed}")
+    finite = torch.isfinite(images.detach()).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = [str(i + 1) for i in torch.nonzero(~finite).flatten().tolist()]
+        listed = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InputError(f"{name}: image {listed} of {count} holds NaN or infinite values; {allowed}")
+    return images
+
+
+def is_profile(value: object) -> bool:
+    """Whether `value` is a PSA profile. By its fields, not its class: tests hand the pack's nodes profiles made by
+    the top-level `psa_core` package, a second copy of the same class."""
+    return (not isinstance(value, type) and all(hasattr(value, f.name) for f in fields(UserProfile))
+            and isinstance(value.banned, tuple))
+
+
+def profile_bans(profile: object, name: str = "profile") -> tuple[str, ...] | None:
+    """The banned categories of a connected profile (None: no profile, the InPro rule); InputError naming `name`
+    for anything that is not a PSA profile (an API prompt can give any literal value in place of a link)."""
+    if profile is None:
+        return None
+    if not is_profile(profile):
+        raise InputError(f"{name}: {shown(profile)} is not a profile; allowed: a PSA_PROFILE (PSA User Profile, "
+                         "PSA Profile From JSON) or nothing")
+    return tuple(profile.banned)
 
 
 def default_scorer(q16: Q16Classifier | None = None, nudenet: NudeNetDetector | None = None) -> Scorer:
@@ -155,7 +207,7 @@ def check_images(images: torch.Tensor, banned: Sequence[str] | None = None, mode
     the batch with the violating images obscured by `mode` (PASS leaves them), whether all are clean, and a report."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}; allowed: {', '.join(MODES)}")
-    batch = list(images)
+    batch = list(check_image_batch(images))
     try:
         records = (scorer or default_scorer())(batch)
         if len(records) != len(batch):

@@ -1,6 +1,8 @@
 """A batch of images judged for one profile (PSA Judge Image): each image's verdict, the images with their verdict
 written on them, one line of text per image and whether every image passed. A judge that fails on one image
-(an unreadable image, a model error) gives that image NO_VERDICT with the reason; it never passes."""
+(an unreadable image, a model error) gives that image NO_VERDICT with the reason; it never passes. The batch is
+checked as PSA Safety Check checks it (guard.check_image_batch): an empty batch, or a tensor that is not an image
+batch, is refused naming the input, before the judge is asked anything."""
 from __future__ import annotations
 
 import json
@@ -10,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InputError, shown
 from ..profile import UserProfile
 from .annotate import FAIL_COLOUR, NEUTRAL_COLOUR, PASS_COLOUR, annotate
+from .guard import check_image_batch, is_profile
 from .judge import VLMJudge, attempt
 from .judge_answers import NO_VERDICT, Verdict
 
@@ -44,6 +48,12 @@ def verdict_line(verdict: Verdict) -> str:
 def judge_batch(judge: VLMJudge, images: torch.Tensor, profile: UserProfile, mode: str, caption: str | None = None,
                  on_image: Callable[[int, int], None] | None = None) -> JudgedImages:
     """Judge every image of a ComfyUI IMAGE batch (B×H×W×C, 0..1) for `profile`, the model placed once."""
+    check_image_batch(images, verdict="passing")
+    if not (callable(getattr(judge, "judge", None)) and callable(getattr(judge, "session", None))):
+        raise InputError(f"judge: {shown(judge)} is not a judge; allowed: a PSA_JUDGE from PSA Load Judge")
+    if not is_profile(profile):
+        raise InputError(f"profile: {shown(profile)} is not a profile; allowed: a PSA_PROFILE (PSA User Profile, "
+                         "PSA Profile From JSON)")
     verdicts: list[Verdict] = []
     with judge.session():
         for index, image in enumerate(images):

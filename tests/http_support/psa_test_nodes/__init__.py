@@ -1,6 +1,7 @@
 """Test-only ComfyUI nodes (never shipped): conditioning for UNet-only graphs that have no CLIP, a placeholder
 for inputs that a test graph must validate but never compute, and a CLIP_VISION stand-in for Q16 (ComfyUI loads
-only full-size CLIP vision checkpoints, and a random ViT-L/14 says nothing predictable)."""
+only full-size CLIP vision checkpoints, and a random ViT-L/14 says nothing predictable), and IMAGE values that no
+ComfyUI node makes, for the input fuzz tests."""
 import torch
 
 
@@ -60,5 +61,33 @@ class TestRedFlagClipVision:
         return (RedFlagClipVision(),)
 
 
-NODE_CLASS_MAPPINGS = {"TestRandomConditioning": TestRandomConditioning, "TestPlaceholder": TestPlaceholder,
+class TestImageBatch:
+    """An IMAGE output that is not a proper image batch: empty, of another rank or channel count, of integers, or
+    holding NaN or infinity (what a buggy custom node could pass on)."""
+
+    KINDS = {
+        "empty": lambda: torch.zeros(0, 32, 32, 3),
+        "rank 3": lambda: torch.zeros(32, 32, 3),
+        "rank 5": lambda: torch.zeros(1, 1, 32, 32, 3),
+        "1 channel": lambda: torch.zeros(1, 32, 32, 1),
+        "5 channels": lambda: torch.zeros(1, 32, 32, 5),
+        "zero height": lambda: torch.zeros(1, 0, 32, 3),
+        "uint8": lambda: torch.zeros(1, 32, 32, 3, dtype=torch.uint8),
+        "nan": lambda: torch.full((2, 32, 32, 3), float("nan")),
+        "inf": lambda: torch.full((1, 32, 32, 3), float("inf")),
+    }
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (list(cls.KINDS),)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, kind):
+        return (self.KINDS[kind](),)
+
+
+NODE_CLASS_MAPPINGS = {"TestImageBatch": TestImageBatch, "TestRandomConditioning": TestRandomConditioning, "TestPlaceholder": TestPlaceholder,
                        "TestRedFlagClipVision": TestRedFlagClipVision}
