@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import socketserver
 import subprocess
 import sys
 import threading
@@ -20,7 +21,13 @@ from comfy_env import REPO
 from PIL import Image
 
 from psa_core.evaluation import EvaluationError, VLMJudge
-from psa_core.evaluation.judge_endpoint import EndpointVLM, check_endpoint_url, scrub
+from psa_core.evaluation.judge_endpoint import (
+    ERROR_TEXT,
+    MAX_ANSWER_BYTES,
+    EndpointVLM,
+    check_endpoint_url,
+    scrub,
+)
 from psa_core.profile import EVALUATION_USERS
 from trainer.__main__ import main
 
@@ -240,7 +247,7 @@ def test_a_server_echoing_the_key_never_gets_it_into_a_file_or_the_log_of_a_scor
     origin, stop = serve(Echo)
     folder = images(tmp_path / "images", ["a.png", "b.png", "c.png"])
     out = tmp_path / "report" / "r.json"
-    env = {**os.environ, "PSA_JUDGE_API_KEY": KEY, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PSA_JUDGE_API_KEY": KEY, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     try:
         run = subprocess.run([sys.executable, "-m", "trainer", "score", "--images", str(folder), "--out", str(out),
                               "--profile", "level_3", "--judge-url", f"{origin}/v1", "--judge-model", "m"],
@@ -308,6 +315,34 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(in_body):
     assert DEADLINE - 0.05 <= elapsed <= DEADLINE + SLACK, elapsed
 
 
+class DripTLS(socketserver.BaseRequestHandler):
+    """For an https:// URL: answers the TLS handshake one byte a second (the start of a record that never ends)."""
+
+    def handle(self):
+        try:
+            for byte in b"\x16\x03\x03\x40\x00"[:DRIP_BYTES] + b"\x02" * DRIP_BYTES:
+                self.request.sendall(bytes([byte]))
+                time.sleep(1)
+        except OSError:
+            pass
+
+
+def test_a_dripping_tls_handshake_is_cut_off_at_the_deadline():
+    tcp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), DripTLS)
+    tcp.daemon_threads = True
+    threading.Thread(target=tcp.serve_forever, daemon=True).start()
+    endpoint = EndpointVLM(f"https://127.0.0.1:{tcp.server_address[1]}/v1", "m", 16, timeout=DEADLINE, api_key="")
+    try:
+        start = time.monotonic()
+        with pytest.raises(EvaluationError, match=rf"no complete answer within {DEADLINE:g} s"):
+            endpoint("prompt", [])
+        elapsed = time.monotonic() - start
+    finally:
+        tcp.shutdown()
+        tcp.server_close()
+    assert DEADLINE - 0.05 <= elapsed <= DEADLINE + SLACK, elapsed
+
+
 def test_judge_timeout_flag_reaches_the_request_and_is_bounded(tmp_path, capsys):
     Drip.in_body = False
     origin, stop = serve(Drip)
@@ -328,6 +363,10 @@ def test_judge_timeout_flag_reaches_the_request_and_is_bounded(tmp_path, capsys)
         assert main(["score", "--images", str(folder), "--out", str(out), "--profile", "level_0", "--judge-url",
                      f"{origin}/v1", "--judge-model", "m", "--judge-timeout", value]) == 2
         assert "--judge-timeout" in (err := capsys.readouterr().err) and "allowed: 1 to 3600 seconds" in err
+    b = images(tmp_path / "b", ["a.png"])
+    assert main(["compare", "--a", str(folder), "--b", str(b), "--out", str(out), "--judge-url", f"{origin}/v1",
+                 "--judge-model", "m", "--judge-timeout", "0.5"]) == 2
+    assert "allowed: 1 to 3600 seconds" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("url", ["http://user:hunter2pass@127.0.0.1:{port}/v1", "http://:hunter2pass@127.0.0.1:{port}",
@@ -346,6 +385,47 @@ def test_a_url_with_credentials_is_refused_without_repeating_them(url, command, 
     assert "PSA_JUDGE_API_KEY" in captured.err and "credentials, user:password@host, are not allowed" in captured.err
     assert "hunter2" not in captured.out + captured.err
     assert Recorder.requests == [] and not out.exists()
+
+
+def test_a_key_inside_the_url_is_refused_without_repeating_it(monkeypatch):
+    monkeypatch.setenv("PSA_JUDGE_API_KEY", KEY)
+    with pytest.raises(EvaluationError, match="holds the key of PSA_JUDGE_API_KEY") as caught:
+        EndpointVLM(f"https://example.org/{KEY}/v1", "m", 16)
+    assert leaks(str(caught.value)) == []
+
+
+class Big(BaseHTTPRequestHandler):
+    """Answers 200 (or 500) with a body of 2 MiB, twice MAX_ANSWER_BYTES."""
+    status = 200
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(2 << 20))
+        self.end_headers()
+        try:
+            self.wfile.write(b"x" * (2 << 20))
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_at_most_a_bounded_number_of_bytes_is_read(status):
+    Big.status = status
+    origin, stop = serve(Big)
+    try:
+        with pytest.raises(EvaluationError) as caught:
+            EndpointVLM(f"{origin}/v1", "m", 16, api_key="")("prompt", [])
+    finally:
+        stop()
+    message = str(caught.value)
+    if status == 200:
+        assert f"answer larger than {MAX_ANSWER_BYTES} bytes" in message
+    else:  # the error body: its first ERROR_TEXT characters, after the URL and the status
+        assert "HTTP 500" in message and message.count("x") <= ERROR_TEXT
 
 
 def test_the_scrub_replaces_every_form_of_the_key():

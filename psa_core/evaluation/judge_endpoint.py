@@ -96,14 +96,16 @@ def _data_url(image: Image.Image) -> str:
 
 
 class _Deadline:
-    """The time left of one request; `cut` shuts the connection's socket when it is up, so a blocked read (a server
-    that sends a byte now and then, even inside the status line or headers) returns at the deadline."""
+    """The time left of one request; at the deadline a watchdog shuts the watched socket down, so a blocked read
+    returns then: a server that sends a byte now and then (in the status line, the headers or the body) is cut off.
+    The TLS handshake needs no watchdog: the ssl module bounds the whole handshake by the socket's timeout, which is
+    the time left when it starts."""
 
     def __init__(self, seconds: float):
-        self.seconds, self.end = seconds, time.monotonic() + seconds
+        self.end = time.monotonic() + seconds
         self._socket: socket.socket | None = None
         self._lock = threading.Lock()
-        self._expired = False
+        self._expired = self._stopped = False
         self._timer = threading.Timer(seconds, self._cut)
         self._timer.daemon = True
         self._timer.start()
@@ -117,14 +119,13 @@ class _Deadline:
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
             self._socket = sock
-            expired = self._expired
-        if expired:
+        if self._expired:
             self._cut()
 
     def _cut(self) -> None:
         with self._lock:
             self._expired = True
-            if self._socket is not None:
+            if self._socket is not None and not self._stopped:
                 try:
                     self._socket.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -134,6 +135,9 @@ class _Deadline:
         return self._expired or time.monotonic() >= self.end
 
     def stop(self) -> None:
+        """Before the socket is closed: after this the watchdog touches nothing."""
+        with self._lock:
+            self._stopped = True
         self._timer.cancel()
 
 
@@ -147,6 +151,10 @@ class EndpointVLM:
         self.url, self.model = check_endpoint_url(url), model
         self.max_new_tokens, self.timeout = max_new_tokens, check_timeout(timeout)
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
+        if self.api_key and scrub(self.url, self.api_key) != self.url:
+            raise EvaluationError(f"the judge URL holds the key of {API_KEY_VARIABLE} (the URL is neither used nor "
+                                  f"repeated: it would be written into the report); allowed: the server's address "
+                                  f"without the key, which goes in the Authorization header")
 
     def settings(self) -> dict:
         return {"backend": "openai-compatible endpoint", "url": self.url, "model": self.model,
@@ -194,15 +202,19 @@ class EndpointVLM:
         """(status, reason, Location header, body read: up to MAX_ANSWER_BYTES + 1, or MAX_ERROR_BYTES for an
         error) of one POST to self.url, all within self.timeout."""
         parts = urllib.parse.urlsplit(self.url)
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
         deadline = _Deadline(self.timeout)
-        connection_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        extra = {"context": ssl.create_default_context()} if parts.scheme == "https" else {}
-        connection = connection_type(parts.hostname, parts.port, timeout=self.timeout, **extra)
+        connection = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(parts.hostname, port)
+        sock = None
         try:
-            connection.timeout = deadline.left()
-            connection.connect()
-            sock = connection.sock  # kept: http.client lets go of it once an answer says it closes the connection
+            sock = socket.create_connection((parts.hostname, port), timeout=deadline.left())
             deadline.watch(sock)
+            if https:
+                sock.settimeout(deadline.left())
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
+                deadline.watch(sock)
+            connection.sock = sock  # connected here, so that the watchdog sees the socket from the start
             sock.settimeout(deadline.left())
             connection.request("POST", parts.path, body=payload, headers=headers)
             sock.settimeout(deadline.left())
@@ -228,3 +240,5 @@ class EndpointVLM:
         finally:
             deadline.stop()
             connection.close()
+            if sock is not None:
+                sock.close()
