@@ -221,7 +221,7 @@ class Echo(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         turn, type(self).count = type(self).count % 3, type(self).count + 1
         if turn == 0:
-            status, payload = 401, ("x" * 290 + f"bad credentials: {auth} / {auth.split()[-1]}").encode()
+            status, payload = 401, ("\x1b[2J" + "x" * 270 + f"bad credentials: {auth} / {auth.split()[-1]}").encode()
         elif turn == 1:
             status, payload = 200, f"<html>proxy says {auth}</html>".encode()
         else:
@@ -265,6 +265,7 @@ def test_a_server_echoing_the_key_never_gets_it_into_a_file_or_the_log_of_a_scor
     errors = [r["judge_error"] for r in report["images"] if r["judge_error"]]
     assert len(errors) == 2 and any("HTTP 401" in e for e in errors) and any("chat-completions" in e for e in errors)
     assert any(MARKER in e for e in errors)  # the echo reached the message, scrubbed
+    assert not any("\x1b" in e for e in errors) and "\x1b" not in run.stderr  # no terminal escape either
     verdict = next(r["judge"] for r in report["images"] if r["judge"])
     assert verdict["explanation"] == f"you sent {MARKER}" and MARKER in verdict["raw"]
 
@@ -432,3 +433,5 @@ def test_the_scrub_replaces_every_form_of_the_key():
     assert scrub(f"a Bearer {KEY} b {KEY}", KEY) == f"a {MARKER} b {MARKER}"
     assert scrub('{"k": "x\\"y"}', 'x"y') == '{"k": "' + MARKER + '"}'  # the JSON-escaped form
     assert scrub("nothing here", KEY) == "nothing here" and scrub(f"{KEY}", None) == KEY
+    cut = EndpointVLM("http://127.0.0.1:1/v1", "m", 16, api_key=KEY)._server_text("x" * 290 + f"Bearer {KEY}")
+    assert len(cut) == ERROR_TEXT and leaks(cut) == []  # scrubbed before it is cut: no piece of the key is left

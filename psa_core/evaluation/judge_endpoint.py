@@ -170,6 +170,11 @@ class EndpointVLM:
     def scrub(self, text: str) -> str:
         return scrub(text, self.api_key)
 
+    def _server_text(self, text: str, limit: int = ERROR_TEXT) -> str:
+        """A text of the server for a message: scrubbed before it is cut short (no piece of the key is left), on one
+        line, control characters (terminal escapes) made spaces."""
+        return "".join(c if c.isprintable() else " " for c in self.scrub(text)).strip()[:limit]
+
     def _fail(self, detail: str) -> EvaluationError:
         return EvaluationError(self.scrub(f"judge server {self.url}: {detail}"))
 
@@ -180,19 +185,18 @@ class EndpointVLM:
         payload = json.dumps(self.request_body(prompt, images)).encode()
         status, reason, location, body = self._post(payload, headers)
         if 300 <= status < 400:
-            target = f" to {location[:ERROR_TEXT]!r}" if location else ""
+            target = f" to {self._server_text(location)!r}" if location else ""
             raise self._fail(f"the server redirected (HTTP {status}{target}); redirects are not followed (the key "
                              f"goes to the configured URL only): give --judge-url the server's own address")
         if status >= 400 or status < 200:
-            detail = body.decode("utf-8", "replace")
-            detail = self.scrub(detail).strip()[:ERROR_TEXT]
-            raise self._fail(f"HTTP {status} {reason}: {detail}")
+            detail = self._server_text(body.decode("utf-8", "replace"))
+            raise self._fail(f"HTTP {status} {self._server_text(reason, 100)}: {detail}")
         if len(body) > MAX_ANSWER_BYTES:
             raise self._fail(f"answer larger than {MAX_ANSWER_BYTES} bytes")
         try:
             content = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError, RecursionError):
-            text = self.scrub(body.decode("utf-8", "replace"))[:200]
+            text = self._server_text(body.decode("utf-8", "replace"), 200)
             raise self._fail(f"not a chat-completions answer ({text!r})") from None
         if not isinstance(content, str):
             raise self._fail("the answer's content is not text")
