@@ -1,7 +1,9 @@
 """The judge on an OpenAI-compatible chat-completions server (psa_core/evaluation/judge_endpoint.py, `--judge-url`):
 a stand-in server on 127.0.0.1 records what `score` and `compare` send and answers as a server would; what it gets
 is the judge's prompt, the images as PNG data URLs, temperature 0 and the key from the environment; a failing
-server is a per-image error, never a verdict."""
+server is a per-image error, never a verdict. Issue 20: a redirect is not followed (its target gets nothing), a
+server echoing the key gets it into no file or log of a real `score` run, a server dripping a byte a second is cut
+off at --judge-timeout, a URL with credentials is refused without repeating them."""
 from __future__ import annotations
 
 import base64
