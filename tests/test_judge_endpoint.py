@@ -1,21 +1,35 @@
 """The judge on an OpenAI-compatible chat-completions server (psa_core/evaluation/judge_endpoint.py, `--judge-url`):
 a stand-in server on 127.0.0.1 records what `score` and `compare` send and answers as a server would; what it gets
 is the judge's prompt, the images as PNG data URLs, temperature 0 and the key from the environment; a failing
-server is a per-image error, never a verdict."""
+server is a per-image error, never a verdict. Issue 20: a redirect is not followed (its target gets nothing), a
+server echoing the key gets it into no file or log of a real `score` run, a server dripping a byte a second is cut
+off at --judge-timeout, a URL with credentials is refused without repeating them."""
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
+import socketserver
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from comfy_env import REPO
 from PIL import Image
 
 from psa_core.evaluation import EvaluationError, VLMJudge
-from psa_core.evaluation.judge_endpoint import EndpointVLM, check_endpoint_url
+from psa_core.evaluation.judge_endpoint import (
+    ERROR_TEXT,
+    MAX_ANSWER_BYTES,
+    EndpointVLM,
+    check_endpoint_url,
+    scrub,
+)
 from psa_core.profile import EVALUATION_USERS
 from trainer.__main__ import main
 
@@ -125,3 +139,301 @@ def test_only_http_urls_with_a_host_are_accepted(url):
     assert check_endpoint_url("https://example.org/v1/") == "https://example.org/v1/chat/completions"
     assert check_endpoint_url("http://127.0.0.1:8000/v1/chat/completions") == \
         "http://127.0.0.1:8000/v1/chat/completions"
+
+
+# --- issue 20: the key stays with the configured server; one deadline per request -------------------------------
+
+KEY = "sk-test-0123456789abcdefSECRET"
+MARKER = "[PSA_JUDGE_API_KEY]"
+
+
+def serve(handler):
+    """A ThreadingHTTPServer on 127.0.0.1 with `handler`, in a daemon thread; (base URL, stop function)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    def stop():
+        httpd.shutdown()
+        httpd.server_close()
+    return f"http://127.0.0.1:{httpd.server_address[1]}", stop
+
+
+class Target(BaseHTTPRequestHandler):
+    """The redirect's target: records every request it gets, whatever the method."""
+    seen: list[dict] = []
+
+    def _record(self):
+        type(self).seen.append({"method": self.command, "auth": self.headers.get("Authorization")})
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = _record  # noqa: N815 - http.server's names
+
+    def log_message(self, *args):
+        pass
+
+
+class Redirector(BaseHTTPRequestHandler):
+    location = ""
+    status = 307
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(self.status)
+        self.send_header("Location", self.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_is_not_followed_the_target_gets_nothing_and_the_run_goes_on(status, tmp_path, monkeypatch):
+    Target.seen = []
+    target, stop_target = serve(Target)
+    Redirector.location, Redirector.status = f"{target}/v1/chat/completions", status
+    origin, stop_origin = serve(Redirector)
+    try:
+        monkeypatch.setenv("PSA_JUDGE_API_KEY", KEY)
+        folder = images(tmp_path / "images", ["a.png", "b.png"])
+        out = tmp_path / "report" / "r.json"
+        assert main(["score", "--images", str(folder), "--out", str(out), "--profile", "level_0", "--judge-url",
+                     f"{origin}/v1", "--judge-model", "m"]) == 0
+    finally:
+        stop_origin()
+        stop_target()
+    assert Target.seen == []  # urllib's default would have re-sent (307: the same POST) to the target
+    records = json.loads(out.read_text())["images"]
+    assert len(records) == 2  # the run went on past the first image
+    for record in records:
+        assert record["judge"] is None
+        assert f"the server redirected (HTTP {status}" in record["judge_error"]
+        assert "redirects are not followed" in record["judge_error"]
+
+
+class Echo(BaseHTTPRequestHandler):
+    """Hands the Authorization header back in turn: in a 401 body (with it straddling the 300 characters a message
+    keeps), in a 200 answer that is not JSON, and inside a verdict's explanation."""
+    count = 0
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        auth = self.headers.get("Authorization", "")
+        turn, type(self).count = type(self).count % 3, type(self).count + 1
+        if turn == 0:
+            status, payload = 401, ("\x1b[2J" + "x" * 270 + f"bad credentials: {auth} / {auth.split()[-1]}").encode()
+        elif turn == 1:
+            status, payload = 200, f"<html>proxy says {auth}</html>".encode()
+        else:
+            answer = json.dumps({**VERDICT, "explanation": f"you sent {auth}"})
+            status = 200
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def leaks(text: str) -> list[str]:
+    """Each 8-character piece of KEY found in `text` (a cut-off key leaks too)."""
+    return [KEY[i:i + 8] for i in range(len(KEY) - 7) if KEY[i:i + 8] in text]
+
+
+def test_a_server_echoing_the_key_never_gets_it_into_a_file_or_the_log_of_a_score_run(tmp_path):
+    Echo.count = 0
+    origin, stop = serve(Echo)
+    folder = images(tmp_path / "images", ["a.png", "b.png", "c.png"])
+    out = tmp_path / "report" / "r.json"
+    env = {**os.environ, "PSA_JUDGE_API_KEY": KEY, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    try:
+        run = subprocess.run([sys.executable, "-m", "trainer", "score", "--images", str(folder), "--out", str(out),
+                              "--profile", "level_3", "--judge-url", f"{origin}/v1", "--judge-model", "m"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        stop()
+    assert run.returncode == 0, run.stderr
+    assert Echo.count == 3  # every way of echoing was used
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.parent != folder)
+    assert {p.suffix for p in written} >= {".json", ".csv", ".png"}
+    for path in written:
+        assert leaks(path.read_bytes().decode("latin-1")) == [], path
+    assert leaks(run.stdout + run.stderr) == []
+    report = json.loads(out.read_text())
+    errors = [r["judge_error"] for r in report["images"] if r["judge_error"]]
+    assert len(errors) == 2 and any("HTTP 401" in e for e in errors) and any("chat-completions" in e for e in errors)
+    assert any(MARKER in e for e in errors)  # the echo reached the message, scrubbed
+    assert not any("\x1b" in e for e in errors) and "\x1b" not in run.stderr  # no terminal escape either
+    verdict = next(r["judge"] for r in report["images"] if r["judge"])
+    assert verdict["explanation"] == f"you sent {MARKER}" and MARKER in verdict["raw"]
+
+
+class Drip(BaseHTTPRequestHandler):
+    """Sends its answer one byte a second (in the status line, or in the body after complete headers), for at most
+    DRIP_BYTES seconds, then stops by itself."""
+    in_body = False
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+        stream = head
+        try:
+            if self.in_body:
+                self.wfile.write(head)
+                self.wfile.flush()
+                stream = b"{" * 100
+            for byte in stream[:DRIP_BYTES]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(1)
+        except OSError:
+            pass  # the client hung up: that is the point
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+DRIP_BYTES = 12  # seconds of dripping, well past the deadline; a per-read timeout would wait for all of them
+DEADLINE = 2.0
+SLACK = 1.5  # the watchdog fires at the deadline; the rest is closing the socket and encoding one 8x8 PNG
+
+
+@pytest.mark.parametrize("in_body", [False, True], ids=["status-line", "body"])
+def test_a_dripping_server_is_cut_off_at_the_deadline(in_body):
+    Drip.in_body = in_body
+    origin, stop = serve(Drip)
+    judge = VLMJudge(EndpointVLM(f"{origin}/v1", "m", 16, timeout=DEADLINE, api_key=""))
+    try:
+        start = time.monotonic()
+        with pytest.raises(EvaluationError, match=rf"no complete answer within {DEADLINE:g} s \(--judge-timeout\)"):
+            judge.judge(Image.new("RGB", (8, 8)), EVALUATION_USERS["level_0"])
+        elapsed = time.monotonic() - start
+    finally:
+        stop()
+    assert DEADLINE - 0.05 <= elapsed <= DEADLINE + SLACK, elapsed
+
+
+class DripTLS(socketserver.BaseRequestHandler):
+    """For an https:// URL: answers the TLS handshake one byte a second (the start of a record that never ends)."""
+
+    def handle(self):
+        try:
+            for byte in b"\x16\x03\x03\x40\x00"[:DRIP_BYTES] + b"\x02" * DRIP_BYTES:
+                self.request.sendall(bytes([byte]))
+                time.sleep(1)
+        except OSError:
+            pass
+
+
+def test_a_dripping_tls_handshake_is_cut_off_at_the_deadline():
+    tcp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), DripTLS)
+    tcp.daemon_threads = True
+    threading.Thread(target=tcp.serve_forever, daemon=True).start()
+    endpoint = EndpointVLM(f"https://127.0.0.1:{tcp.server_address[1]}/v1", "m", 16, timeout=DEADLINE, api_key="")
+    try:
+        start = time.monotonic()
+        with pytest.raises(EvaluationError, match=rf"no complete answer within {DEADLINE:g} s"):
+            endpoint("prompt", [])
+        elapsed = time.monotonic() - start
+    finally:
+        tcp.shutdown()
+        tcp.server_close()
+    assert DEADLINE - 0.05 <= elapsed <= DEADLINE + SLACK, elapsed
+
+
+def test_judge_timeout_flag_reaches_the_request_and_is_bounded(tmp_path, capsys):
+    Drip.in_body = False
+    origin, stop = serve(Drip)
+    folder = images(tmp_path / "images", ["a.png"])
+    out = tmp_path / "r.json"
+    try:
+        start = time.monotonic()
+        assert main(["score", "--images", str(folder), "--out", str(out), "--profile", "level_0", "--judge-url",
+                     f"{origin}/v1", "--judge-model", "m", "--judge-timeout", "1"]) == 0
+        elapsed = time.monotonic() - start
+    finally:
+        stop()
+    report = json.loads(out.read_text())
+    assert report["settings"]["judge"]["timeout_s"] == 1.0
+    assert "no complete answer within 1 s" in report["images"][0]["judge_error"]
+    assert elapsed < DRIP_BYTES  # bounded by the flag, not by the server giving up
+    for value in ["0", "nan", "inf", "3601"]:
+        assert main(["score", "--images", str(folder), "--out", str(out), "--profile", "level_0", "--judge-url",
+                     f"{origin}/v1", "--judge-model", "m", "--judge-timeout", value]) == 2
+        assert "--judge-timeout" in (err := capsys.readouterr().err) and "allowed: 1 to 3600 seconds" in err
+    b = images(tmp_path / "b", ["a.png"])
+    assert main(["compare", "--a", str(folder), "--b", str(b), "--out", str(out), "--judge-url", f"{origin}/v1",
+                 "--judge-model", "m", "--judge-timeout", "0.5"]) == 2
+    assert "allowed: 1 to 3600 seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["http://user:hunter2pass@127.0.0.1:{port}/v1", "http://:hunter2pass@127.0.0.1:{port}",
+                                 "https://hunter2pass@example.org/v1", "ftp://u:hunter2pass@h/v1",
+                                 "http:/u:hunter2pass@h/v1"])
+@pytest.mark.parametrize("command", ["score", "compare"])
+def test_a_url_with_credentials_is_refused_without_repeating_them(url, command, server, tmp_path, capsys):
+    port = server.rsplit(":", 1)[1].split("/")[0]
+    url = url.format(port=port)
+    a, b = images(tmp_path / "a", ["x.png"]), images(tmp_path / "b", ["x.png"])
+    out = tmp_path / "r.json"
+    folders = ["--images", str(a)] if command == "score" else ["--a", str(a), "--b", str(b)]
+    assert main([command, *folders, "--out", str(out), "--profile", "level_0", "--judge-url", url,
+                 "--judge-model", "m"]) == 2
+    captured = capsys.readouterr()
+    assert "PSA_JUDGE_API_KEY" in captured.err and "credentials, user:password@host, are not allowed" in captured.err
+    assert "hunter2" not in captured.out + captured.err
+    assert Recorder.requests == [] and not out.exists()
+
+
+def test_a_key_inside_the_url_is_refused_without_repeating_it(monkeypatch):
+    monkeypatch.setenv("PSA_JUDGE_API_KEY", KEY)
+    with pytest.raises(EvaluationError, match="holds the key of PSA_JUDGE_API_KEY") as caught:
+        EndpointVLM(f"https://example.org/{KEY}/v1", "m", 16)
+    assert leaks(str(caught.value)) == []
+
+
+class Big(BaseHTTPRequestHandler):
+    """Answers 200 (or 500) with a body of 2 MiB, twice MAX_ANSWER_BYTES."""
+    status = 200
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(2 << 20))
+        self.end_headers()
+        try:
+            self.wfile.write(b"x" * (2 << 20))
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_at_most_a_bounded_number_of_bytes_is_read(status):
+    Big.status = status
+    origin, stop = serve(Big)
+    try:
+        with pytest.raises(EvaluationError) as caught:
+            EndpointVLM(f"{origin}/v1", "m", 16, api_key="")("prompt", [])
+    finally:
+        stop()
+    message = str(caught.value)
+    if status == 200:
+        assert f"answer larger than {MAX_ANSWER_BYTES} bytes" in message
+    else:  # the error body: its first ERROR_TEXT characters, after the URL and the status
+        assert "HTTP 500" in message and message.count("x") <= ERROR_TEXT
+
+
+def test_the_scrub_replaces_every_form_of_the_key():
+    assert scrub(f"a Bearer {KEY} b {KEY}", KEY) == f"a {MARKER} b {MARKER}"
+    assert scrub('{"k": "x\\"y"}', 'x"y') == '{"k": "' + MARKER + '"}'  # the JSON-escaped form
+    assert scrub("nothing here", KEY) == "nothing here" and scrub(f"{KEY}", None) == KEY
+    cut = EndpointVLM("http://127.0.0.1:1/v1", "m", 16, api_key=KEY)._server_text("x" * 290 + f"Bearer {KEY}")
+    assert len(cut) == ERROR_TEXT and leaks(cut) == []  # scrubbed before it is cut: no piece of the key is left

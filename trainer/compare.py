@@ -32,6 +32,7 @@ from psa_core.evaluation import (
 from psa_core.evaluation.image_sets import folder_items, pair_items
 from psa_core.evaluation.images import IMAGE_SUFFIXES
 from psa_core.evaluation.judge import DEFAULT_MAX_NEW_TOKENS
+from psa_core.evaluation.judge_endpoint import DEFAULT_TIMEOUT
 from psa_core.evaluation.judge_prompts import BLIND, MODES
 from psa_core.evaluation.labels import MAX_LABEL, check_label
 from psa_core.precision import PRECISIONS
@@ -55,6 +56,7 @@ class CompareConfig:
     out: str
     judge_url: str | None = None
     judge_model: str | None = None
+    judge_timeout: float = DEFAULT_TIMEOUT
     profiles: str | None = None
     mode: str = BLIND
     names: str = "baseline,PSA"

@@ -35,12 +35,18 @@ from psa_core.evaluation import (
 from psa_core.evaluation.clip_score import CLIP_SCORE_MODEL
 from psa_core.evaluation.fid import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
 from psa_core.evaluation.image_sets import folder_items
-from psa_core.evaluation.judge_endpoint import API_KEY_VARIABLE, check_endpoint_url
 from psa_core.evaluation.images import IMAGE_SUFFIXES
 from psa_core.evaluation.judge import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_NEW_TOKENS_LIMIT,
     check_judge_folder,
+)
+from psa_core.evaluation.judge_endpoint import (
+    API_KEY_VARIABLE,
+    DEFAULT_TIMEOUT,
+    TIMEOUT_RANGE,
+    check_endpoint_url,
+    check_timeout,
 )
 from psa_core.evaluation.judge_prompts import BLIND, MODES
 from psa_core.evaluation.labels import check_label
@@ -69,6 +75,7 @@ class ScoreConfig:
     judge: str | None = None
     judge_url: str | None = None
     judge_model: str | None = None
+    judge_timeout: float = DEFAULT_TIMEOUT
     judge_mode: str = BLIND
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     clip_score: str | None = None
@@ -197,6 +204,10 @@ def add_judge_arguments(parser: argparse.ArgumentParser, defaults, judge_help: s
                         "(e.g. http://127.0.0.1:8000/v1 of vLLM); the images are sent to it. API key, if it needs "
                         f"one: the environment variable {API_KEY_VARIABLE}")
     parser.add_argument("--judge-model", help="with --judge-url: the model name the server serves")
+    parser.add_argument("--judge-timeout", type=float, default=defaults.judge_timeout, metavar="SECONDS",
+                        help=f"with --judge-url: the deadline of one request (connecting, sending, the whole "
+                        f"answer), {TIMEOUT_RANGE[0]:g} to {TIMEOUT_RANGE[1]:g} s; an image whose answer is not in "
+                        f"by then is not judged. Redirects are never followed")
     if not compare:
         parser.add_argument("--judge-mode", default=defaults.judge_mode, help=f"judge prompt: {', '.join(MODES)} "
                             f"(blind: neutral wording; reference: the paper's)")
@@ -214,6 +225,7 @@ def check_judge_flags(config) -> None:
     if config.judge is not None and config.judge_url is not None:
         raise EvaluationError("--judge and --judge-url are alternatives; allowed: one of them (a local model folder, "
                               "or a server)")
+    check_timeout(config.judge_timeout)
     if config.judge_url is not None:
         check_endpoint_url(config.judge_url)
         if not config.judge_model:
@@ -272,7 +284,8 @@ def make_judge(config, log=print):
     if config.judge_url is not None:
         from psa_core.evaluation.judge_endpoint import EndpointVLM
 
-        server = EndpointVLM(config.judge_url, config.judge_model, config.max_new_tokens)
+        server = EndpointVLM(config.judge_url, config.judge_model, config.max_new_tokens,
+                             timeout=config.judge_timeout)
         log(f"judge: sending each image and its profile to {server.url} (model {server.model})")
         return VLMJudge(server, description=server.settings())
     device, dtype = resolve_device(config, "judge")
