@@ -15,6 +15,6 @@ def require_nudenet() -> ModuleType:
     """The `nudenet` package, imported; a test failure naming the cause and the fix when it does not import."""
     try:
         return importlib.import_module("nudenet")
-    except Exception as error:  # ImportError, or whatever its own imports (onnxruntime, cv2) raise
+    except Exception as error:  # noqa: BLE001  ImportError, or whatever its own imports (onnxruntime, cv2) raise
         pytest.fail(f"nudenet does not import ({type(error).__name__}: {error}); requirements-test.txt pins "
                     f"{NUDENET_PIN} for every ComfyUI environment: run scripts/bootstrap.sh", pytrace=False)

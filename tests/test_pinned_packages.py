@@ -23,7 +23,8 @@ def test_nudenet_imports_at_its_pinned_version_with_comfyui_first_on_the_path():
 
 def test_a_missing_nudenet_is_a_failure_not_a_skip(monkeypatch):
     monkeypatch.setitem(sys.modules, "nudenet", None)  # `import nudenet` raises ImportError
-    with pytest.raises(pytest.fail.Exception, match=r"nudenet does not import \(ModuleNotFoundError: .*run scripts/bootstrap\.sh"):
+    expected = r"nudenet does not import \(ModuleNotFoundError: .*run scripts/bootstrap\.sh"
+    with pytest.raises(pytest.fail.Exception, match=expected):
         require_nudenet()
 
 
