@@ -14,11 +14,12 @@ from safetensors.torch import load_file, save_file
 
 from comfy_env import REPO
 from conftest import DEMO_CHECKPOINT, demo_assets
+from pinned_packages import require_nudenet
 from tiny_llm import build_tiny_llm
 from tiny_vlm import build_tiny_qwen2_vl
 from workflow_check import check_api_prompt, ui_to_api
 
-pytest.importorskip("nudenet")
+require_nudenet()  # a failure, not a skip: requirements-test.txt pins nudenet
 
 WORKFLOW = REPO / "workflows" / "psa_evaluate.json"
 LLM_NAME, VLM_NAME = "tiny-qwen2-evaluate", "tiny-qwen2-vl-evaluate"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from comfy_env import registered_nodes
+from pinned_packages import require_nudenet
 from psa_core.evaluation import Detection, ImageRecord, Q16Classifier, load_q16_prompts
 from psa_core.evaluation import guard
 from psa_core.profile import UserProfile
@@ -59,7 +60,7 @@ def test_node_registers_with_its_docs(pack):
 
 
 def test_plain_colours_are_clean_and_unchanged_with_real_nudenet(pack):
-    pytest.importorskip("nudenet")
+    require_nudenet()  # a failure, not a skip: requirements-test.txt pins nudenet
     images = plain_colours()
     for profile in (None, SEXUALITY_BANNED):
         out, all_clean, report = node(pack).execute(images=images, violating="black", profile=profile).result
@@ -155,7 +156,7 @@ class FakeClipVision:
 
 
 def test_q16_on_a_clip_vision_model_violates_any_ban(pack, register_folders, tmp_path):
-    pytest.importorskip("nudenet")
+    require_nudenet()  # a failure, not a skip: requirements-test.txt pins nudenet
     folder = tmp_path / "psa"
     folder.mkdir()
     np.save(folder / "q16.npy", np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32))
