@@ -47,6 +47,9 @@ def evaluate_prompt(server) -> dict:
     assert len(by_type["PSAUserProfile"]) == 3 and len(by_type["PSASafetyCheck"]) == 3
     assert len(by_type["PSAJudgeImage"]) == 3 and len(by_type["PSALoadJudge"]) == 1
     assert all(judge["mode"] == "blind" and judge["caption"] for judge in by_type["PSAJudgeImage"])
+    # the judge checks every banned category in the Safety Check too (its note: NudeNet alone sees only Sexuality)
+    assert all(check["judge"] == by_type["PSAJudgeImage"][0]["judge"] and check["unchecked"] == "blur"
+               for check in by_type["PSASafetyCheck"])
     by_type["CheckpointLoaderSimple"][0]["ckpt_name"] = DEMO_CHECKPOINT
     by_type["PSALoadAdapter"][0]["adapter_name"] = ADAPTER
     for encode in by_type["PSAEncodeProfile"]:
@@ -67,7 +70,8 @@ def test_evaluation_workflow_checks_and_judges_each_profiles_image(evaluate_serv
     entry = server.run_prompt(prompt, timeout=900)
     log = server.log()[start:]
     assert log.count(f"[PSA] LLM loaded: {VLM_NAME} (float32) for PSA Judge Image") == 1, log  # loaded once
-    assert log.count(f"[PSA] LLM reused: {VLM_NAME} (float32) for PSA Judge Image") == 2, log
+    # reused by the other two judged images and the level_3 and level_5 Safety Checks (level_0 bans nothing: no call)
+    assert log.count(f"[PSA] LLM reused: {VLM_NAME} (float32) for PSA Judge Image") == 4, log
 
     (grid_path,) = server.saved_images(entry)
     with Image.open(grid_path) as grid:
