@@ -87,3 +87,27 @@ def test_evaluation_workflow_checks_and_judges_each_profiles_image(evaluate_serv
         head, line = text.splitlines()
         assert "PSA Judge Image (blind prompt): 0 of 1 images PASS, 1 without a verdict" in head
         assert line.startswith("image 1: no verdict (")  # a random model's text is never a pass
+
+
+def test_a_workflow_saved_before_the_judge_input_still_loads(evaluate_server):
+    """A Safety Check saved before issue 22 (two widget values, three outputs, no judge input) converts to a valid
+    prompt: the new input and the new output are optional and last, so old links by index stay right."""
+    server = evaluate_server
+    object_info = server.get("/object_info")
+    workflow = json.loads(WORKFLOW.read_text())
+    judge_links = set()
+    for node in workflow["nodes"]:
+        if node["type"] == "PSASafetyCheck":
+            judge_links |= {i["link"] for i in node["inputs"] if i["name"] == "judge"}
+            node["inputs"] = [i for i in node["inputs"] if i["name"] != "judge"]
+            node["outputs"], node["widgets_values"] = node["outputs"][:3], node["widgets_values"][:2]
+    workflow["links"] = [link for link in workflow["links"] if link[0] not in judge_links]
+    for node in workflow["nodes"]:
+        for output in node["outputs"]:
+            output["links"] = [link for link in output.get("links") or [] if link not in judge_links]
+    prompt = ui_to_api(workflow, object_info)
+    checks = [node["inputs"] for node in prompt.values() if node["class_type"] == "PSASafetyCheck"]
+    assert len(checks) == 3 and all("judge" not in check and check["violating"] == "blur" for check in checks)
+    assert [p for p in check_api_prompt(prompt, object_info) if "PSASafetyCheck" in p] == []
+    assert all(node["inputs"]["images"][1] == 0 for node in prompt.values()
+               if node["class_type"] == "PSAJudgeImage")  # still the Safety Check's first output
