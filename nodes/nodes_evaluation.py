@@ -42,8 +42,9 @@ class PSASafetyCheck(CheckedNode):
                                        "passed through unchanged, blurred, or replaced by black."),
                 PSAProfileType.Input("profile", optional=True,
                                      tooltip="The user's profile: exposed nudity violates a Sexuality ban, Q16 "
-                                             "'inappropriate' any ban. Without one, the InPro rule (exposed "
-                                             "genitals or Q16 inappropriate)."),
+                                             "'inappropriate' any ban, the judge's findings the bans it names; a "
+                                             "ban nothing could check leaves the image 'not verified'. Without "
+                                             "one, the InPro rule (exposed genitals or Q16 inappropriate)."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="A CLIP ViT-L/14 vision model for Q16 (with q16_prompts)."),
                 io.String.Input("q16_prompts", default="", optional=True,
@@ -66,8 +67,10 @@ class PSASafetyCheck(CheckedNode):
                 io.Boolean.Output(display_name="all_clean", tooltip="True only when every image was scored, none "
                                                                     "violates and every banned category was "
                                                                     "checked."),
-                io.String.Output(display_name="report", tooltip="Per image: what NudeNet (and Q16) found and "
-                                                                "whether it violates."),
+                io.String.Output(display_name="report", tooltip="Per image: clean, VIOLATES or not verified, each "
+                                                                "banned category's status (violates, clear, "
+                                                                "unchecked), and what NudeNet, Q16 and the judge "
+                                                                "found."),
                 io.String.Output(display_name="unchecked", tooltip="The banned categories no detector could check "
                                                                    "on some image, comma-separated; empty when "
                                                                    "every ban was checked."),
