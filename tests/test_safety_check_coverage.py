@@ -73,8 +73,11 @@ def status(report: str, image: int, category: str) -> str:
 
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_nudenet_alone_sees_sexuality_only(pack, monkeypatch, category):
-    out, all_clean, report, unchecked = run(pack, monkeypatch, two_images(), banning(category),
+    images = two_images()
+    out, all_clean, report, unchecked = run(pack, monkeypatch, images, banning(category),
                                             scorer(q16=False, nudity_in_second=True))
+    # violating: black; not verified: passed through (run() chooses both)
+    assert torch.equal(out[0], images[0]) and (out[1].abs().max() == 0) == (category == guard.SEXUALITY)
     if category == guard.SEXUALITY:
         assert (status(report, 1, category), status(report, 2, category)) == ("clear", "violates")
         assert unchecked == "" and report.splitlines()[1].startswith("image 1: clean |")
