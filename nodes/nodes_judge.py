@@ -15,8 +15,8 @@ from ..psa_core.encoders.placement import RUN
 from .model_memory import DEVICE_TOOLTIP, DEVICES, ComfyPlacement, NodeProgress
 from .nodes_evaluation import CATEGORY
 from .nodes_profile import PSAProfileType
+from .psa_types import PSAJudgeType
 
-PSAJudgeType = io.Custom("PSA_JUDGE")
 MODE_TOOLTIP = ("blind (ours): a neutral prompt with the user's banned and allowed categories and demographics. "
                 "reference: the paper's wording, for reproducing its pass rates (docs/evaluation.md §8).")
 
@@ -46,7 +46,7 @@ class PSALoadJudge(CheckedNode):
                              tooltip="The longest answer, in tokens (greedy decoding: the same image and profile "
                                      "always get the same answer). An answer cut short is 'no verdict'."),
             ],
-            outputs=[PSAJudgeType.Output(display_name="judge", tooltip="For PSA Judge Image.")],
+            outputs=[PSAJudgeType.Output(display_name="judge", tooltip="For PSA Judge Image and PSA Safety Check.")],
         )
 
     @classmethod

@@ -7,3 +7,5 @@ PSAAdapterType = io.Custom("PSA_ADAPTER")
 PSAEmbeddingType = io.Custom("PSA_EMBEDDING")
 # A nodes.training_run.PSADataset: labelled preference pairs, their profiles file and the training resolution.
 PSADatasetType = io.Custom("PSA_DATASET")
+# A psa_core.evaluation.VLMJudge (PSA Load Judge): for PSA Judge Image and PSA Safety Check.
+PSAJudgeType = io.Custom("PSA_JUDGE")

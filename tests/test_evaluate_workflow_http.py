@@ -48,6 +48,9 @@ def evaluate_prompt(server) -> dict:
     assert len(by_type["PSAUserProfile"]) == 3 and len(by_type["PSASafetyCheck"]) == 3
     assert len(by_type["PSAJudgeImage"]) == 3 and len(by_type["PSALoadJudge"]) == 1
     assert all(judge["mode"] == "blind" and judge["caption"] for judge in by_type["PSAJudgeImage"])
+    # the judge checks every banned category in the Safety Check too (its note: NudeNet alone sees only Sexuality)
+    assert all(check["judge"] == by_type["PSAJudgeImage"][0]["judge"] and check["unchecked"] == "blur"
+               for check in by_type["PSASafetyCheck"])
     by_type["CheckpointLoaderSimple"][0]["ckpt_name"] = DEMO_CHECKPOINT
     by_type["PSALoadAdapter"][0]["adapter_name"] = ADAPTER
     for encode in by_type["PSAEncodeProfile"]:
@@ -68,7 +71,8 @@ def test_evaluation_workflow_checks_and_judges_each_profiles_image(evaluate_serv
     entry = server.run_prompt(prompt, timeout=900)
     log = server.log()[start:]
     assert log.count(f"[PSA] LLM loaded: {VLM_NAME} (float32) for PSA Judge Image") == 1, log  # loaded once
-    assert log.count(f"[PSA] LLM reused: {VLM_NAME} (float32) for PSA Judge Image") == 2, log
+    # reused by the other two judged images and the level_3 and level_5 Safety Checks (level_0 bans nothing: no call)
+    assert log.count(f"[PSA] LLM reused: {VLM_NAME} (float32) for PSA Judge Image") == 4, log
 
     (grid_path,) = server.saved_images(entry)
     with Image.open(grid_path) as grid:
@@ -84,3 +88,27 @@ def test_evaluation_workflow_checks_and_judges_each_profiles_image(evaluate_serv
         head, line = text.splitlines()
         assert "PSA Judge Image (blind prompt): 0 of 1 images PASS, 1 without a verdict" in head
         assert line.startswith("image 1: no verdict (")  # a random model's text is never a pass
+
+
+def test_a_workflow_saved_before_the_judge_input_still_loads(evaluate_server):
+    """A Safety Check saved before issue 22 (two widget values, three outputs, no judge input) converts to a valid
+    prompt: the new input and the new output are optional and last, so old links by index stay right."""
+    server = evaluate_server
+    object_info = server.get("/object_info")
+    workflow = json.loads(WORKFLOW.read_text())
+    judge_links = set()
+    for node in workflow["nodes"]:
+        if node["type"] == "PSASafetyCheck":
+            judge_links |= {i["link"] for i in node["inputs"] if i["name"] == "judge"}
+            node["inputs"] = [i for i in node["inputs"] if i["name"] != "judge"]
+            node["outputs"], node["widgets_values"] = node["outputs"][:3], node["widgets_values"][:2]
+    workflow["links"] = [link for link in workflow["links"] if link[0] not in judge_links]
+    for node in workflow["nodes"]:
+        for output in node["outputs"]:
+            output["links"] = [link for link in output.get("links") or [] if link not in judge_links]
+    prompt = ui_to_api(workflow, object_info)
+    checks = [node["inputs"] for node in prompt.values() if node["class_type"] == "PSASafetyCheck"]
+    assert len(checks) == 3 and all("judge" not in check and check["violating"] == "blur" for check in checks)
+    assert [p for p in check_api_prompt(prompt, object_info) if "PSASafetyCheck" in p] == []
+    assert all(node["inputs"]["images"][1] == 0 for node in prompt.values()
+               if node["class_type"] == "PSAJudgeImage")  # still the Safety Check's first output

@@ -226,7 +226,12 @@ def test_evaluation_nodes_refuse_or_survive_bad_values_files_and_batches(comfy_s
     print(f"\nevaluation fuzz: {len(all_cases)} prompts in {time.monotonic() - started:.1f} s: {refused} refused at "
           f"validation, {len(queued)} ran")
 
-    clean = server.run_prompt(safety_prompt(object_info, {}, q16=True), timeout=120)
+    unverified = server.run_prompt(safety_prompt(object_info, {}, q16=True), timeout=120)
+    assert preview(unverified).startswith("PSA Safety Check: 0 of 2 images clean, 2 not verified; profile bans: "), \
+        preview(unverified)  # level_3's bans besides Sexuality: nothing but a judge can clear them
+    checked = safety_prompt(object_info, {"judge": ["judge", 0]}, q16=True)
+    checked["judge"] = {"class_type": "TestScriptedJudge", "inputs": {"found": ""}}
+    clean = server.run_prompt(checked, timeout=120)
     assert preview(clean).startswith("PSA Safety Check: 2 of 2 images clean; profile bans: "), preview(clean)
     judged = server.run_prompt(judge_prompt(object_info, {}), timeout=120)
     assert preview(judged).startswith("PSA Judge Image (blind prompt): 0 of 2 images PASS, 2 without a verdict")

@@ -56,14 +56,16 @@ def test_node_registers_with_its_docs(pack):
     schema = nodes["PSASafetyCheck"].define_schema()
     assert schema.category == "PSA/evaluation" and len(schema.description) > 40
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
-    assert [o.display_name for o in schema.outputs] == ["images", "all_clean", "report"]
+    assert [o.display_name for o in schema.outputs] == ["images", "all_clean", "report", "unchecked"]  # new ones last
 
 
 def test_plain_colours_are_clean_and_unchanged_with_real_nudenet(pack):
     require_nudenet()  # a failure, not a skip: requirements-test.txt pins nudenet
     images = plain_colours()
     for profile in (None, SEXUALITY_BANNED):
-        out, all_clean, report = node(pack).execute(images=images, violating="black", profile=profile).result
+        out, all_clean, report, unchecked = node(pack).execute(images=images, violating="black",
+                                                               profile=profile).result
+        assert unchecked == ""  # Sexuality (or, without a profile, the InPro rule) is NudeNet's to check
         assert all_clean is True
         assert torch.equal(out, images)
         assert report.count(": clean |") == 4 and "4 of 4 images clean" in report
@@ -73,7 +75,7 @@ def test_plain_colours_are_clean_and_unchanged_with_real_nudenet(pack):
 def test_blur_and_black_change_only_the_flagged_image(pack, fake_scorer, mode):
     fake_scorer({1: ["FEMALE_BREAST_EXPOSED"]})
     images = textured()
-    out, all_clean, _ = node(pack).execute(images=images, violating=mode, profile=SEXUALITY_BANNED).result
+    out, all_clean, _, _ = node(pack).execute(images=images, violating=mode, profile=SEXUALITY_BANNED).result
     assert all_clean is False
     assert torch.equal(out[0], images[0]) and torch.equal(out[2], images[2])
     assert not torch.equal(out[1], images[1])
@@ -87,7 +89,7 @@ def test_blur_and_black_change_only_the_flagged_image(pack, fake_scorer, mode):
 def test_pass_through_keeps_the_flagged_image_but_not_all_clean(pack, fake_scorer):
     fake_scorer({0: ["MALE_GENITALIA_EXPOSED"]})
     images = textured()
-    out, all_clean, _ = node(pack).execute(images=images, violating="pass through", profile=None).result
+    out, all_clean, _, _ = node(pack).execute(images=images, violating="pass through", profile=None).result
     assert all_clean is False and torch.equal(out, images)
 
 
@@ -96,27 +98,29 @@ def test_the_rule_follows_the_profile(pack, fake_scorer):
     images = textured()
     run = node(pack).execute
     # Sexuality banned: exposed breasts and genitals violate; a face does not
-    *_, report = run(images=images, violating="black", profile=SEXUALITY_BANNED).result
+    _, _, report, _ = run(images=images, violating="black", profile=SEXUALITY_BANNED).result
     lines = report.splitlines()
     assert "VIOLATES" in lines[1] and "FEMALE_BREAST_EXPOSED" in lines[1]
     assert "VIOLATES" in lines[2] and "MALE_GENITALIA_EXPOSED" in lines[2]
     assert ": clean |" in lines[3] and "FACE_FEMALE 0.90" in lines[3]
-    # Sexuality allowed: nudity is fine
-    out, all_clean, _ = run(images=images, violating="black", profile=HATE_BANNED).result
-    assert all_clean is True and torch.equal(out, images)
+    # Sexuality allowed: nudity violates nothing, but Hate is a ban NudeNet cannot see: not verified, never clean
+    out, all_clean, report, unchecked = run(images=images, violating="black", profile=HATE_BANNED,
+                                            unchecked="pass through").result
+    assert all_clean is False and torch.equal(out, images) and unchecked == "Hate"
+    assert report.count(": not verified: Hate unchecked (connect a judge") == 3 and "VIOLATES" not in report
     # no profile: InPro, genitals only
-    out, all_clean, report = run(images=images, violating="black").result
+    out, all_clean, report, _ = run(images=images, violating="black").result
     assert all_clean is False and torch.equal(out[0], images[0]) and out[1].abs().max() == 0
     assert "InPro rule" in report.splitlines()[0]
 
 
 def test_report_lists_per_image_what_was_found(pack, fake_scorer):
     fake_scorer({0: ["BELLY_EXPOSED", "FEMALE_BREAST_EXPOSED"]})
-    *_, report = node(pack).execute(images=textured()[:2], violating="blur", profile=SEXUALITY_BANNED).result
+    _, _, report, _ = node(pack).execute(images=textured()[:2], violating="blur", profile=SEXUALITY_BANNED).result
     lines = report.splitlines()
     assert len(lines) == 3 and "1 of 2 images clean" in lines[0] and "profile bans: Sexuality" in lines[0]
     assert lines[1].startswith("image 1: VIOLATES") and "BELLY_EXPOSED 0.90, FEMALE_BREAST_EXPOSED 0.90" in lines[1]
-    assert lines[2] == "image 2: clean | NudeNet: nothing"
+    assert lines[2] == "image 2: clean | Sexuality clear | NudeNet: nothing"
 
 
 def test_an_image_that_cannot_be_scored_is_not_clean(pack, monkeypatch):
@@ -163,11 +167,14 @@ def test_q16_on_a_clip_vision_model_violates_any_ban(pack, register_folders, tmp
     register_folders({"psa": folder})
     images = plain_colours()  # image 1 is red
     run = node(pack).execute
-    out, all_clean, report = run(images=images, violating="black", profile=HATE_BANNED,
-                                 clip_vision=FakeClipVision(), q16_prompts="q16.npy").result
+    out, all_clean, report, unchecked = run(images=images, violating="black", profile=HATE_BANNED,
+                                            clip_vision=FakeClipVision(), q16_prompts="q16.npy",
+                                            unchecked="pass through").result
     assert all_clean is False and out[0].abs().max() == 0 and torch.equal(out[1:], images[1:])
     assert "Q16 inappropriate" in report.splitlines()[1] and "Q16 p(inappropriate)=0.000" in report.splitlines()[2]
-    out, all_clean, _ = run(images=images, violating="black", profile=NOTHING_BANNED,
+    # a Q16 pass clears no category: the other three images are not verified for Hate
+    assert unchecked == "Hate" and report.splitlines()[2].startswith("image 2: not verified: Hate unchecked")
+    out, all_clean, _, _ = run(images=images, violating="black", profile=NOTHING_BANNED,
                             clip_vision=FakeClipVision(), q16_prompts="q16.npy").result
     assert all_clean is True and torch.equal(out, images)
     with pytest.raises(Exception, match="Q16 needs both clip_vision and q16_prompts"):

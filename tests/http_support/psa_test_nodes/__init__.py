@@ -1,7 +1,10 @@
 """Test-only ComfyUI nodes (never shipped): conditioning for UNet-only graphs that have no CLIP, a placeholder
 for inputs that a test graph must validate but never compute, and a CLIP_VISION stand-in for Q16 (ComfyUI loads
 only full-size CLIP vision checkpoints, and a random ViT-L/14 says nothing predictable), and IMAGE values that no
-ComfyUI node makes, for the input fuzz tests."""
+ComfyUI node makes, for the input fuzz tests, and a judge stand-in with a scripted answer."""
+import json
+import sys
+
 import torch
 
 
@@ -89,5 +92,27 @@ class TestImageBatch:
         return (self.KINDS[kind](),)
 
 
+class TestScriptedJudge:
+    """A PSA_JUDGE stand-in: the pack's own VLMJudge on an answer function that finds the categories in `found`
+    (comma-separated; empty: nothing) in every image, so the pack's real prompt, answer parser and nodes run."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"found": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("PSA_JUDGE",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, found):
+        names = [name.strip() for name in found.split(",") if name.strip()]
+        answer = json.dumps({"banned_categories_respected": not names, "banned_categories_found": names,
+                             "allowed_categories_respected": True, "quality_score": 50, "appropriateness_score": 50,
+                             "overall_assessment": "FAIL" if names else "PASS", "explanation": "scripted"})
+        modules = [m for name, m in list(sys.modules.items()) if name.endswith("psa_core.evaluation.judge")
+                   and hasattr(m, "VLMJudge")]
+        return (modules[0].VLMJudge(lambda prompt, images: answer, description={"backend": "scripted"}),)
+
+
 NODE_CLASS_MAPPINGS = {"TestImageBatch": TestImageBatch, "TestRandomConditioning": TestRandomConditioning, "TestPlaceholder": TestPlaceholder,
-                       "TestRedFlagClipVision": TestRedFlagClipVision}
+                       "TestRedFlagClipVision": TestRedFlagClipVision, "TestScriptedJudge": TestScriptedJudge}
