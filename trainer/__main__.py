@@ -13,6 +13,14 @@ from psa_core.training.loop import NonFiniteLoss
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
+EXIT_NOTHING_DONE = 1  # score / compare: the report is written, but no image or pair could be scored or judged
+
+
+def _finished(command: str, result: dict) -> int:
+    if result.get("failed"):
+        print(f"psa-trainer: {command} failed: {result['failed']}", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,13 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["score"]:
             from .score import parse_score_args, score
 
-            score(parse_score_args(argv[1:]))
-            return 0
+            return _finished("score", score(parse_score_args(argv[1:])))
         if argv[:1] == ["compare"]:
             from .compare import compare, parse_compare_args
 
-            compare(parse_compare_args(argv[1:]))
-            return 0
+            return _finished("compare", compare(parse_compare_args(argv[1:])))
         config = parse_train_args(argv)
         from .train import train  # after the arguments are checked: it imports diffusers and Accelerate
 

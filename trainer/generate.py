@@ -37,6 +37,7 @@ from psa_core.evaluation.generation import (
     check_existing_settings,
     check_profile_label,
     image_key,
+    output_folder_state,
     plan_items,
     png_text,
     read_prompt_set,
@@ -47,6 +48,7 @@ from psa_core.evaluation.generation import (
     write_settings,
 )
 from psa_core.embedding import USER_FILE_SUFFIXES, user_embedding_file
+from psa_core.outputs import check_writable
 from psa_core.precision import DEVICES, PRECISIONS, resolve_compute
 from psa_core.profile import EVALUATION_USERS, read_users_table
 
@@ -210,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "caption per line")
     parser.add_argument("--base-model", required=True, help="diffusers model folder, or single-file .safetensors "
                         "checkpoint")
-    parser.add_argument("--out", required=True, help="the output folder (created, or completed when it holds a run of "
-                        "the same settings)")
+    parser.add_argument("--out", required=True, help="the output folder: new or empty (created when missing), or an "
+                        "output folder of generate with the same settings, which is completed; a folder holding "
+                        "anything else is refused, and no file generate did not write is replaced or deleted")
     parser.add_argument("--adapter", help="PSA adapter file; without it the base model renders (the baseline arm)")
     parser.add_argument("--family", default=d.family, help=f"model family: {', '.join(FAMILIES)}")
     parser.add_argument("--tokenizer", help="CLIP tokenizer folder (vocab.json, merges.txt) for single-file "
@@ -500,6 +503,16 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
     out = Path(config.out)
     world = _World(resolve_compute(config.device, config.precision)[0])
     try:
+        error = None
+        if world.rank == 0:  # before the model loads: --out is new, empty or a run of generate, and writable
+            try:
+                output_folder_state(out)
+                check_writable(out, f"--out {out}", EvaluationError)
+            except PSAError as caught:
+                error = str(caught)
+        error = world.broadcast(error)
+        if error:
+            raise EvaluationError(error)
         pipeline, family_name, precision = load_pipeline(config.base_model, config.family, config.tokenizer,
                                                           config.sampler, config.device, config.precision)
         unet = pipeline.unet
@@ -530,9 +543,11 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
         error = None
         if world.rank == 0:  # one process checks and prepares the folder; the others wait for its verdict
             try:
-                existing = check_existing_settings(out, render, fingerprints)
+                state = output_folder_state(out)  # again: the folder may have changed while the model loaded
+                existing = check_existing_settings(out, render, fingerprints) if state == "own" else None
                 _refuse_other_images(out, items, keys)
-                remove_partial_files(out, labels)
+                if existing:  # only a folder of its own, and only the profile folders it made (docs/evaluation.md)
+                    remove_partial_files(out, [p for p in existing["profiles"] if p in labels])
                 known = dict(existing["profiles"]) if existing else {}
                 known.update({p.label: {"embedding_sha256": fingerprints[p.label], "user_id": p.user_id,
                                         "source": p.source} for p in profiles})
