@@ -3,7 +3,10 @@
 `python -m trainer generate ...`: render a prompt set per profile with a base model and a PSA adapter (`generate --help`);
 `python -m trainer score ...`: score a folder of images with NudeNet and Q16 into an InPro report (`score --help`);
 `python -m trainer compare ...`: judge the images of two folders pair by pair into a win-rate report (`compare --help`);
-`python -m trainer encode-profiles ...`: {User_ID}.npy embeddings from a local LLM (`encode-profiles --help`)."""
+`python -m trainer encode-profiles ...`: {User_ID}.npy embeddings from a local LLM (`encode-profiles --help`).
+
+Exit codes: 0 done; 1 `score`/`compare` wrote their report but could score or judge nothing at all; 2 bad input (one
+line naming the input); 3 training stopped on a non-finite loss."""
 from __future__ import annotations
 
 import sys
