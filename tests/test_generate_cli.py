@@ -343,3 +343,17 @@ def test_an_empty_folder_is_used(setup, tmp_path, capsys):
     out.mkdir()
     assert main(args(setup, out, "--limit", "1")) == 0
     assert pngs(out) == sorted(f"{level}/{NAMES[0]}" for level in LEVELS)
+
+
+def test_a_foreign_file_at_a_planned_name_in_a_folder_of_its_own_is_refused(setup, tmp_path, capsys):
+    """The run's own folder (generation.json of generate, same settings) with the user's file where a later row's
+    image goes: refused, nothing changes; the images of the run are kept."""
+    out = tmp_path / "own"
+    assert main(args(setup, out, "--limit", "1")) == 0
+    planned = out / "level_0" / NAMES[1]
+    planned.write_bytes(b"the user's file, not an image")
+    before = snapshot(out)
+    time.sleep(0.01)
+    error = run_error(args(setup, out), capsys)
+    assert f"level_0/{NAMES[1]} (not an image made by generate)" in error and "new --out" in error, error
+    assert snapshot(out) == before

@@ -384,8 +384,9 @@ def _existing_state(path: Path, key: str) -> str:
 
 
 def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int, str]) -> None:
-    """Before anything is rendered: an existing image of the plan made for another caption, embedding or settings
-    (its PNG says so) means this folder holds another run."""
+    """Before anything is rendered: an existing file at a planned name that is not a PNG of generate, or one made for
+    another caption, embedding or settings (its PNG says so), is refused; only files shown to be this run's images
+    (damaged ones included, when their text chunk is readable) are ever skipped or rendered again."""
     from PIL import Image
 
     others = []
@@ -395,8 +396,9 @@ def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int,
             continue
         try:
             with Image.open(path) as image:
-                text = image.text.get(PNG_TEXT_KEY) if hasattr(image, "text") else None
-        except Exception:  # noqa: BLE001, S112 - damaged: re-rendered by the process it belongs to
+                text = image.info.get(PNG_TEXT_KEY)  # the chunks before the pixels: nothing is decoded
+        except Exception:  # noqa: BLE001 - a file that is no image at all cannot be shown to be ours: not replaced
+            others.append(f"{item.file} (not an image made by generate)")
             continue
         try:
             stored = json.loads(text) if text else None
