@@ -293,3 +293,79 @@ def test_generate_then_score_and_compare_read_the_output_folders(setup, tmp_path
     assert sorted(p["file"] for p in pairs["pairs"]) == EXPECTED
     assert pairs["missing"] == {"only_in_a": [], "only_in_b": []}
     assert pairs["summary"]["pairs"] == 6 and pairs["summary"]["no_verdict"] == 6
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every path under `root` (itself included): its bytes (None for a folder) and mtime_ns."""
+    paths = [root, *root.rglob("*")]
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in paths}
+
+
+FOREIGN = {  # a folder of the user's: what is in it, and what the refusal names
+    "a foreign manifest": ({"generation.csv": b"file,profile\nmine.png,me\n"}, "generation.csv"),
+    "a file at a planned image name": ({f"level_0/{NAMES[0]}": b"my own picture, not a PNG"}, "level_0"),
+    "a hidden partial file": ({f"level_3/.{NAMES[1]}.generate-partial": b"my notes"}, "level_3"),
+    "a generation.json of someone else": ({"generation.json": b'{"format": "mine", "render": {}, "profiles": {}}'},
+                                          "generation.json was not written by `generate`"),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_a_folder_with_foreign_files_is_refused_and_left_as_it_was(setup, tmp_path, capsys, case):
+    """Issue 20 item 1: a folder that is neither new, empty nor a run of generate (its generation.json) is the user's;
+    the run exits 2 before a model loads, naming --out, and every byte and mtime under it stays as it was."""
+    files, named = FOREIGN[case]
+    out = tmp_path / "users"
+    for name, content in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(content)
+    before = snapshot(out)
+    time.sleep(0.01)  # a write now would show in mtime_ns
+    error = run_error(args(setup, out), capsys)
+    assert f"--out {out}" in error and named in error and "nothing in it is replaced or deleted" in error, error
+    assert snapshot(out) == before
+
+
+def test_a_foreign_folder_is_refused_by_the_command_line_with_exit_2(setup, tmp_path):
+    out = tmp_path / "users"
+    out.mkdir()
+    (out / "generation.csv").write_text("mine\n")
+    before = snapshot(out)
+    result = subprocess.run([sys.executable, "-m", "trainer", *args(setup, out)], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "--out" in result.stderr and "generation.csv" in result.stderr
+    assert snapshot(out) == before
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(setup, tmp_path, capsys):
+    """Root passes every mode check, so the unwritable places are a path under a regular file and one under /proc."""
+    (tmp_path / "a-file").write_text("the user's")
+    error = run_error(args(setup, tmp_path / "a-file" / "out"), capsys)
+    assert "--out" in error and "is a file" in error
+    assert (tmp_path / "a-file").read_text() == "the user's"
+    if sys.platform == "linux":
+        error = run_error(args(setup, Path("/proc/psa-generate-test/out")), capsys)
+        assert "--out /proc/psa-generate-test/out: cannot write in /proc" in error, error
+
+
+def test_an_empty_folder_is_used(setup, tmp_path, capsys):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert main(args(setup, out, "--limit", "1")) == 0
+    assert pngs(out) == sorted(f"{level}/{NAMES[0]}" for level in LEVELS)
+
+
+def test_a_foreign_file_at_a_planned_name_in_a_folder_of_its_own_is_refused(setup, tmp_path, capsys):
+    """The run's own folder (generation.json of generate, same settings) with the user's file where a later row's
+    image goes: refused, nothing changes; the images of the run are kept."""
+    out = tmp_path / "own"
+    assert main(args(setup, out, "--limit", "1")) == 0
+    planned = out / "level_0" / NAMES[1]
+    planned.write_bytes(b"the user's file, not an image")
+    before = snapshot(out)
+    time.sleep(0.01)
+    error = run_error(args(setup, out), capsys)
+    assert f"level_0/{NAMES[1]} (not an image made by generate)" in error and "new --out" in error, error
+    assert snapshot(out) == before

@@ -124,7 +124,7 @@ def test_a_failing_server_is_an_error_per_image_never_a_verdict(server, tmp_path
     folder = images(tmp_path / "images", ["a.png"])
     out = tmp_path / "r.json"
     assert main(["score", "--images", str(folder), "--out", str(out), "--profile", "level_0", "--judge-url", server,
-                 "--judge-model", "m"]) == 0
+                 "--judge-model", "m"]) == 1  # the report is written; the judge answered for no image (exit 1)
     record = json.loads(out.read_text())["images"][0]
     assert record["judge"] is None and "HTTP 500" in record["judge_error"]
     unreachable = VLMJudge(EndpointVLM("http://127.0.0.1:9/v1", "m", 16, timeout=5))

@@ -5,7 +5,10 @@
 `python -m trainer compare ...`: judge the images of two folders pair by pair into a win-rate report (`compare --help`);
 `python -m trainer encode-profiles ...`: {User_ID}.npy embeddings from a local LLM (`encode-profiles --help`);
 `python -m trainer report --reference-judge FILE ... --out REPORT.json`: the reference judge's result files read into
-a report (`report --help`)."""
+a report (`report --help`).
+
+Exit codes: 0 done; 1 `score`/`compare` wrote their report but could score or judge nothing at all; 2 bad input (one
+line naming the input); 3 training stopped on a non-finite loss."""
 from __future__ import annotations
 
 import sys
@@ -15,6 +18,14 @@ from psa_core.training.loop import NonFiniteLoss
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
+EXIT_NOTHING_DONE = 1  # score / compare: the report is written, but no image or pair could be scored or judged
+
+
+def _finished(command: str, result: dict) -> int:
+    if result.get("failed"):
+        print(f"psa-trainer: {command} failed: {result['failed']}", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["score"]:
             from .score import parse_score_args, score
 
-            score(parse_score_args(argv[1:]))
-            return 0
+            return _finished("score", score(parse_score_args(argv[1:])))
         if argv[:1] == ["compare"]:
             from .compare import compare, parse_compare_args
 
-            compare(parse_compare_args(argv[1:]))
-            return 0
+            return _finished("compare", compare(parse_compare_args(argv[1:])))
         if argv[:1] == ["report"]:
             from .reference_report import parse_report_args, report
 

@@ -11,7 +11,9 @@ record, never a verdict. Blind mode (the default) judges each pair in both order
 orders that disagree as a tie; reference mode uses the paper's prompt, baseline always A, once.
 
 The report goes to `--out REPORT.json` with REPORT.csv (one row per pair) and REPORT_summary.csv beside it, each
-written atomically; every flag is checked before the model loads (exit code 2 with one message naming the flag).
+written atomically; every flag is checked before the model loads (exit code 2 with one message naming the flag), and
+so are the report's files (an existing one is replaced only when compare wrote it, or with --overwrite) and whether
+they can be written. When the judge answered for no pair at all, the report is written and the exit code is 1.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from psa_core.evaluation.judge import DEFAULT_MAX_NEW_TOKENS
 from psa_core.evaluation.judge_endpoint import DEFAULT_TIMEOUT
 from psa_core.evaluation.judge_prompts import BLIND, MODES
 from psa_core.evaluation.labels import MAX_LABEL, check_label
+from psa_core.evaluation.report import check_report_outputs
 from psa_core.precision import PRECISIONS
 
 from .score import (
@@ -65,6 +68,7 @@ class CompareConfig:
     device: str = "auto"
     precision: str = "auto"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    overwrite: bool = False
 
     @property
     def judge_mode(self) -> str:  # the name check_judge_flags reads
@@ -124,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--a", required=True, help="folder of image A of each pair (the baseline)")
     parser.add_argument("--b", required=True, help="folder of image B of each pair (the method compared)")
     parser.add_argument("--out", required=True, help="the report, REPORT.json; REPORT.csv and REPORT_summary.csv go "
-                        "beside it (replaced when they exist)")
+                        "beside it. An existing file there is replaced only when it is a report file compare wrote "
+                        "(the JSON's format, the CSV's header) or with --overwrite; any other file stops the run "
+                        "before any work (exit 2), as does a place that cannot be written")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files at the report's names even "
+                        "when compare did not write them")
     parser.add_argument("--mode", default=d.mode, help="judge prompt: blind (neutral, both orders, disagreement = "
                         "tie) or reference (the paper's, names the methods, baseline always A)")
     parser.add_argument("--names", default=d.names, help="the methods of A and B, comma-separated (only the "
@@ -157,6 +165,7 @@ def compare(config: CompareConfig, log=print, progress: bool | None = None) -> d
         raise EvaluationError(f"--a {config.a} and --b {config.b}: no pair ({len(items_a)} and {len(items_b)} "
                               f"images); pairs are the same file name (in `generate` folders: the same profile and "
                               f"name, or a `base` image and any profile's image of its name)")
+    check_report_outputs(config.out, comparison=True, overwrite=config.overwrite)  # before the judge loads
     profiles = judge_profiles([b.profile for _, b in pairs], users)
     started = time.perf_counter()
     judge = make_judge(config, log)
@@ -187,4 +196,6 @@ def compare(config: CompareConfig, log=print, progress: bool | None = None) -> d
     first = next((r.error for r in records if r.error), None)
     if first:
         log(f"compare: {summary['errors']} pairs not judged, e.g. {first}")
-    return {"summary": summary, "paths": {key: str(value) for key, value in paths.items()}}
+    failed = (f"the judge answered for none of the {summary['pairs']} pairs (the errors are in the report)"
+              if summary["errors"] == summary["pairs"] else None)
+    return {"summary": summary, "paths": {key: str(value) for key, value in paths.items()}, "failed": failed}

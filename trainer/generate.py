@@ -38,6 +38,7 @@ from psa_core.evaluation.generation import (
     check_existing_settings,
     check_profile_label,
     image_key,
+    output_folder_state,
     plan_items,
     png_text,
     read_prompt_set,
@@ -48,6 +49,7 @@ from psa_core.evaluation.generation import (
     write_settings,
 )
 from psa_core.embedding import USER_FILE_SUFFIXES, user_embedding_file
+from psa_core.outputs import check_writable
 from psa_core.precision import DEVICES, PRECISIONS, resolve_compute
 from psa_core.profile import EVALUATION_USERS, read_users_table
 
@@ -216,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "caption per line")
     parser.add_argument("--base-model", required=True, help="diffusers model folder, or single-file .safetensors "
                         "checkpoint")
-    parser.add_argument("--out", required=True, help="the output folder (created, or completed when it holds a run of "
-                        "the same settings)")
+    parser.add_argument("--out", required=True, help="the output folder: new or empty (created when missing), or an "
+                        "output folder of generate with the same settings, which is completed; a folder holding "
+                        "anything else is refused, and no file generate did not write is replaced or deleted")
     parser.add_argument("--adapter", help="PSA adapter file; without it the base model renders (the baseline arm)")
     parser.add_argument("--family", default=d.family, help=f"model family: {', '.join(FAMILIES)}")
     parser.add_argument("--tokenizer", help="CLIP tokenizer folder (vocab.json, merges.txt) for single-file "
@@ -362,14 +365,21 @@ def _check_adapter_fits(adapter, unet_family, path: str) -> None:
                               f"{unet_family.describe()}; allowed: an adapter trained on this base model's family")
 
 
+def _png_text_chunk(path: Path) -> str | None:
+    """The generate text chunk of a PNG, read from the chunks before the pixels: nothing is decoded (a PNG bomb at a
+    planned name costs no memory); an error for anything that is no PNG."""
+    from PIL import Image
+
+    with Image.open(path, formats=("PNG",)) as image:
+        return image.info.get(PNG_TEXT_KEY)
+
+
 def _existing_state(path: Path, key: str) -> str:
     """`complete` (decodes whole and carries `key`), `damaged` (re-rendered) or `other` (another item's image)."""
     from psa_core.evaluation.images import load_image
-    from psa_core.images import open_image
 
     try:
-        with open_image(path) as image:
-            text = image.text.get(PNG_TEXT_KEY) if hasattr(image, "text") else None
+        text = _png_text_chunk(path)
     except Exception:  # noqa: BLE001 - any unreadable file at our name is a damaged image of ours
         return "damaged"
     try:
@@ -386,19 +396,18 @@ def _existing_state(path: Path, key: str) -> str:
 
 
 def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int, str]) -> None:
-    """Before anything is rendered: an existing image of the plan made for another caption, embedding or settings
-    (its PNG says so) means this folder holds another run."""
-    from psa_core.images import open_image
-
+    """Before anything is rendered: an existing file at a planned name that is not a PNG of generate, or one made for
+    another caption, embedding or settings (its PNG says so), is refused; only files shown to be this run's images
+    (damaged ones included, when their text chunk is readable) are ever skipped or rendered again."""
     others = []
     for item in items:
         path = out / item.file
         if not path.is_file():
             continue
         try:
-            with open_image(path) as image:
-                text = image.text.get(PNG_TEXT_KEY) if hasattr(image, "text") else None
-        except Exception:  # noqa: BLE001, S112 - damaged: re-rendered by the process it belongs to
+            text = _png_text_chunk(path)
+        except Exception:  # noqa: BLE001 - a file that is no image at all cannot be shown to be ours: not replaced
+            others.append(f"{item.file} (not an image made by generate)")
             continue
         try:
             stored = json.loads(text) if text else None
@@ -505,6 +514,16 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
     out = Path(config.out)
     world = _World(resolve_compute(config.device, config.precision)[0])
     try:
+        error = None
+        if world.rank == 0:  # before the model loads: --out is new, empty or a run of generate, and writable
+            try:
+                output_folder_state(out)
+                check_writable(out, f"--out {out}", EvaluationError)
+            except PSAError as caught:
+                error = str(caught)
+        error = world.broadcast(error)
+        if error:
+            raise EvaluationError(error)
         pipeline, family_name, precision = load_pipeline(config.base_model, config.family, config.tokenizer,
                                                           config.sampler, config.device, config.precision)
         unet = pipeline.unet
@@ -535,9 +554,11 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
         error = None
         if world.rank == 0:  # one process checks and prepares the folder; the others wait for its verdict
             try:
-                existing = check_existing_settings(out, render, fingerprints)
+                state = output_folder_state(out)  # again: the folder may have changed while the model loaded
+                existing = check_existing_settings(out, render, fingerprints) if state == "own" else None
                 _refuse_other_images(out, items, keys)
-                remove_partial_files(out, labels)
+                if existing:  # only a folder of its own, and only the profile folders it made (docs/evaluation.md)
+                    remove_partial_files(out, [p for p in existing["profiles"] if p in labels])
                 known = dict(existing["profiles"]) if existing else {}
                 known.update({p.label: {"embedding_sha256": fingerprints[p.label], "user_id": p.user_id,
                                         "source": p.source} for p in profiles})

@@ -3,8 +3,11 @@ an InPro report (docs/evaluation.md §7).
 
 Every flag is checked before a model is loaded; a problem is one message naming the flag and what is allowed
 (exit code 2). The report goes to `--out REPORT.json`, with REPORT.csv (one row per image), REPORT_summary.csv and
-REPORT.png (InPro per profile and category) beside it, each written atomically. An image that cannot be read is
-an error in the report, counted and left out of every rate; the run goes on and says how many there were.
+REPORT.png (InPro per profile and category) beside it, each written atomically; an existing file there is replaced
+only when it is a report file of score, or with --overwrite, and both that and whether the folder can be written are
+checked before any work. An image that cannot be read is an error in the report, counted and left out of every rate;
+the run goes on and says how many there were. When no image could be scored at all (or a judge answered for none),
+the report is still written and the exit code is 1.
 
 With `--judge DIR` a local vision-language model also judges every image for its profile (pass rate; blind prompt
 by default, `--judge-mode reference` for the paper's); the attributes of numeric User_IDs come from the users table
@@ -51,6 +54,7 @@ from psa_core.evaluation.judge_endpoint import (
 from psa_core.evaluation.judge_prompts import BLIND, MODES
 from psa_core.evaluation.labels import check_label
 from psa_core.evaluation.q16_prompts import SUFFIXES as PROMPT_SUFFIXES
+from psa_core.evaluation.report import check_report_outputs
 from psa_core.precision import DEVICES, PRECISION_DTYPES, PRECISIONS, resolve_compute
 
 LABEL_RULE = ("Profile and category of each image: a --labels mapping, then the generation.csv of a `generate` "
@@ -81,6 +85,7 @@ class ScoreConfig:
     clip_score: str | None = None
     fid_weights: str | None = None
     fid_reference: str | None = None
+    overwrite: bool = False
 
     def validate(self) -> ScoreConfig:
         for name, value, allowed in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS)):
@@ -166,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "are not searched), or an output folder of `python -m trainer generate` (its generation.csv "
                         "lists the images, their profiles, categories and captions)")
     parser.add_argument("--out", required=True, help="the report, REPORT.json; REPORT.csv, REPORT_summary.csv and "
-                        "REPORT.png go beside it (replaced when they exist)")
+                        "REPORT.png go beside it. An existing file there is replaced only when it is a report file "
+                        "score wrote (the JSON's format, the CSV's header, the chart's marker) or with --overwrite; "
+                        "any other file stops the run before any work (exit 2), as does a place that cannot be "
+                        "written")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files at the report's names even "
+                        "when score did not write them")
     parser.add_argument("--clip", help="local transformers CLIP ViT-L/14 folder (e.g. openai/clip-vit-large-patch14) "
                         "for Q16; needs --q16-prompts")
     parser.add_argument("--q16-prompts", help="Q16 prompt embeddings, 2 x 768: .npy, .safetensors, or the reference "
@@ -343,6 +353,7 @@ def score(config: ScoreConfig, log=print, progress: bool | None = None) -> dict:
     mapping = read_label_mapping(config.labels) if config.labels else None
     users = read_users(config)
     items = folder_items(config.images, mapping, config.profile)
+    check_report_outputs(config.out, overwrite=config.overwrite)  # before any model loads or image is scored
     started = time.perf_counter()
     q16 = _q16(config) if config.clip else None  # the prompt file first: a refused one stops before any model loads
     nudenet = NudeNetDetector(config.nudenet_model)
@@ -392,7 +403,18 @@ def score(config: ScoreConfig, log=print, progress: bool | None = None) -> dict:
     if fid is not None:
         overall = summary["fid"]
         log(f"score: FID {'-' if overall is None else f'{overall:.2f}'} overall (per profile: the summary)")
-    return {"summary": summary, "paths": {key: str(value) for key, value in paths.items()}}
+    return {"summary": summary, "paths": {key: str(value) for key, value in paths.items()},
+            "failed": nothing_scored(summary, judge is not None)}
+
+
+def nothing_scored(summary: dict, judged: bool) -> str | None:
+    """Why the run counts as failed (exit code 1, docs/evaluation.md §7): no image could be scored at all, or a judge
+    was asked for and answered for no image. None when something was scored (partial failures are counted only)."""
+    if not summary["scored"]:
+        return f"none of the {summary['images']} images could be scored (the errors are in the report)"
+    if judged and summary["judge_errors"] == summary["images"]:
+        return f"the judge answered for none of the {summary['images']} images (the errors are in the report)"
+    return None
 
 
 def judge_summary_text(summary: dict) -> str:

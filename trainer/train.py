@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from psa_core.adapter_file import SAVE_DTYPES, save_adapter
 from psa_core.atomic import atomic_write
+from psa_core.outputs import check_writable
 from psa_core.training import checkpoint as checkpoints
 from psa_core.training.config import PRECISION_DTYPES, TrainingConfig
 from psa_core.training.errors import TrainingError
@@ -71,19 +72,13 @@ def resume_checkpoint(config: TrainingConfig, root: Path) -> Path | None:
 
 
 def check_run_folder(config: TrainingConfig) -> Path | None:
-    """Before any work: --output can be written, nothing there stands where this run writes its files, and a
-    finished adapter is replaced only with --overwrite. Returns the checkpoint to resume from, if any."""
+    """Before any work: --output and --cache-dir can be written, nothing there stands where this run writes its
+    files, and a finished adapter, or the log and plot of an earlier run, are replaced only with --overwrite (or, for
+    the log and plot, when the run resumes). Returns the checkpoint to resume from, if any."""
     output = Path(config.output)
     existing = next(p for p in (output, *output.parents) if p.exists())
     if not existing.is_dir():
         raise TrainingError(f"--output {output}: {existing} is a file; allowed: a folder (created if missing)")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".psa-trainer-write-test-", dir=existing)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise TrainingError(f"--output {output}: cannot write in {existing} ({error.strerror or error}); allowed: "
-                            "a folder this user can write to") from None
     adapter = output / config.output_name
     for path in (adapter, *(output / name for name in RUN_FILES)):
         if path.is_dir():
@@ -96,10 +91,26 @@ def check_run_folder(config: TrainingConfig) -> Path | None:
     if adapter.exists() and not config.overwrite:
         raise TrainingError(f"{adapter} is the adapter of a finished run; to replace it pass --overwrite, or train "
                             "into another --output or --output-name")
+    if not config.resume and not config.overwrite:  # a new run: log and plot of an earlier one are not replaced
+        earlier = [name for name in RUN_FILES if (output / name).exists() or (output / name).is_symlink()]
+        if earlier:
+            raise TrainingError(f"--output {output} already holds {', '.join(earlier)} of an earlier run (or files "
+                                "of that name); they are not replaced: continue that run with --resume latest, pass "
+                                "--overwrite to replace them, or train into a new --output folder")
     resume_from = resume_checkpoint(config, root)
     if resume_from is None and checkpoints.list_checkpoints(root):
         raise TrainingError(f"{output} already holds checkpoints of another run; continue it with --resume latest, "
                             "or train into a new --output folder")
+    # Last, the writes that try it: a folder refused above is left exactly as it was (its mtime included).
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".psa-trainer-write-test-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise TrainingError(f"--output {output}: cannot write in {existing} ({error.strerror or error}); allowed: "
+                            "a folder this user can write to") from None
+    if config.cache_dir:  # where the latent/text cache and the hash memo are written, also before any work
+        check_writable(config.cache_dir, f"--cache-dir {config.cache_dir}", TrainingError)
     return resume_from
 
 

@@ -11,6 +11,12 @@ where. Layout of an output folder:
 The image name is the prompt set's `file_name` stem (a Sage CSV), else `prompt_<row, 5 digits>`; rows count from 1.
 Every file is written through a temporary file of this module's own naming (`.<name>.generate-partial`, same
 folder) and `os.replace`, so a killed run leaves complete files and temporaries that the next run removes.
+
+The output folder is the user's until `generate` has written its `generation.json` there (`output_folder_state`): a
+run starts only in a folder that does not exist, is empty, or holds a `generation.json` of `generate` (whose
+settings must then match, `check_existing_settings`). Only in such a folder of its own does a run remove leftover
+temporaries, and only in the folder itself and the profile folders its `generation.json` lists; a folder holding
+anything else is refused before a model loads, and nothing in it is replaced or deleted.
 """
 from __future__ import annotations
 
@@ -270,6 +276,39 @@ def check_existing_settings(folder: str | Path, render: Mapping[str, object],
 
 
 # ---- files ----
+
+def _is_own_settings(path: Path) -> bool:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return False
+    return (isinstance(content, dict) and content.get("format") == SETTINGS_FORMAT
+            and isinstance(content.get("render"), dict) and isinstance(content.get("profiles"), dict))
+
+
+def output_folder_state(folder: str | Path) -> str:
+    """`new` (not there yet), `empty`, or `own` (it holds a generation.json written by `generate`); any other folder
+    is refused (EvaluationError naming --out and what is in it), so that no file `generate` did not write is ever
+    replaced or deleted. Whether an own folder's settings match is `check_existing_settings`' question."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "new"
+    if not folder.is_dir():
+        raise EvaluationError(f"--out {folder} is a file; allowed: a folder (created, or completed when it holds a "
+                              "run of the same settings)")
+    settings = folder / SETTINGS_NAME
+    if settings.is_file() and not settings.is_symlink() and _is_own_settings(settings):
+        return "own"
+    entries = sorted(path.name for path in folder.iterdir())
+    if not entries:
+        return "empty"
+    why = (f"its {SETTINGS_NAME} was not written by `generate`" if SETTINGS_NAME in entries
+           else f"it holds files `generate` did not write and no {SETTINGS_NAME} of a run")
+    listed = ", ".join(shown(name) for name in entries[:5]) + (f" and {len(entries) - 5} more"
+                                                                if len(entries) > 5 else "")
+    raise EvaluationError(f"--out {folder}: {why} ({listed}); nothing in it is replaced or deleted; allowed: a new "
+                          "or empty folder, or an output folder of `generate`")
+
 
 def partial_path(target: str | Path) -> Path:
     target = Path(target)

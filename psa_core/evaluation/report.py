@@ -11,6 +11,8 @@ image is null. With the judge: `pass_rate` (PASS over the images with a verdict)
 profile. The summary has one row per profile and category, one per profile over all its categories (category
 `all`), one per category over all profiles (profile `all`), and the overall numbers at its top level.
 Every file is written atomically (psa_core/atomic.py): a reader sees the previous report or the complete new one.
+An existing file at a report's name is replaced only when it is recognisably a report file of the same command
+(`check_report_outputs`), or with `--overwrite`.
 """
 from __future__ import annotations
 
@@ -21,15 +23,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from ..atomic import atomic_write
+from ..outputs import check_writable
 from ..profile import CATEGORIES
+from .errors import EvaluationError
 from .labels import UNKNOWN
 from .nudenet_detector import CLASSES
 from .scoring import ImageRecord, PairRecord
 
 REPORT_FORMAT = "psa-evaluation-report"
 REPORT_VERSION = 1
+CHART_TEXT_KEY = "psa-report"  # the chart PNG's text chunk naming the report format
 ALL = "all"
 MAX_CHART_PROFILES = 12
 _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -217,7 +223,9 @@ def write_report(report: dict, records: Sequence[ImageRecord], json_path: str | 
     _write_csv(paths["csv"], IMAGE_COLUMNS, image_rows(records))
     _write_csv(paths["summary_csv"], SUMMARY_COLUMNS, summary_rows(report["summary"]))
     chart = render_chart(report["summary"])
-    atomic_write(paths["chart"], lambda temporary: chart.save(temporary, format="PNG"))
+    marker = PngInfo()
+    marker.add_text(CHART_TEXT_KEY, REPORT_FORMAT)  # how check_report_outputs knows the chart for its own
+    atomic_write(paths["chart"], lambda temporary: chart.save(temporary, format="PNG", pnginfo=marker))
     return paths
 
 
@@ -405,3 +413,60 @@ def write_comparison_report(report: dict, records: Sequence[PairRecord], json_pa
     _write_csv(paths["summary_csv"], COMPARISON_SUMMARY_COLUMNS,
                [{column: _cell(row.get(column)) for column in COMPARISON_SUMMARY_COLUMNS} for row in rows])
     return {key: value for key, value in paths.items() if key != "chart"}
+
+
+# ---- whose files (issue 20: output files are the user's) ------------------------------------------------------
+
+def _json_of_format(path: Path, report_format: str) -> bool:
+    """The report JSON starts with its format key (json.dumps keeps the report's key order)."""
+    with path.open("rb") as handle:
+        head = handle.read(256)
+    return re.match(rb'\{\s*"format"\s*:\s*"' + re.escape(report_format.encode()) + rb'"', head) is not None
+
+
+def _csv_with_header(path: Path, columns: Sequence[str]) -> bool:
+    with path.open("rb") as handle:
+        first = handle.readline(65536)
+    return first.rstrip(b"\r\n") == ",".join(columns).encode()
+
+
+def _own_chart(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:  # reads the chunks before the pixels; nothing is decoded
+            return image.format == "PNG" and image.info.get(CHART_TEXT_KEY) == REPORT_FORMAT
+    except Exception:  # noqa: BLE001 - anything unreadable is not our chart
+        return False
+
+
+def check_report_outputs(json_path: str | Path, comparison: bool = False, overwrite: bool = False) -> None:
+    """Before any work: each file of the report at `json_path` (report_paths; no chart for a comparison) either does
+    not exist, or is a file this command wrote (the JSON's `format`, the CSV's exact header, the chart's
+    `psa-report` text chunk), or `overwrite` is given; and files can be created in its folder (psa_core/outputs.py).
+    EvaluationError naming --out and the file otherwise; nothing is written."""
+    paths = report_paths(json_path)
+    if comparison:
+        paths.pop("chart")
+        kinds = {"json": lambda p: _json_of_format(p, COMPARISON_FORMAT),
+                 "csv": lambda p: _csv_with_header(p, COMPARISON_COLUMNS),
+                 "summary_csv": lambda p: _csv_with_header(p, COMPARISON_SUMMARY_COLUMNS)}
+        command = "compare"
+    else:
+        kinds = {"json": lambda p: _json_of_format(p, REPORT_FORMAT), "csv": lambda p: _csv_with_header(p, IMAGE_COLUMNS),
+                 "summary_csv": lambda p: _csv_with_header(p, SUMMARY_COLUMNS), "chart": _own_chart}
+        command = "score"
+    for key, path in paths.items():
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir():
+            raise EvaluationError(f"--out {json_path}: {path} is a folder, and the report writes a file there; "
+                                  "allowed: another --out")
+        if overwrite:
+            continue
+        try:
+            own = not path.is_symlink() and path.is_file() and kinds[key](path)
+        except OSError:
+            own = False
+        if not own:
+            raise EvaluationError(f"--out {json_path}: {path} exists and is not a report file `{command}` wrote; it "
+                                  "is not replaced; allowed: another --out, or --overwrite to replace it")
+    check_writable(Path(json_path).parent, f"--out {json_path}", EvaluationError)
