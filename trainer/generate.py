@@ -366,11 +366,14 @@ def _check_adapter_fits(adapter, unet_family, path: str) -> None:
 
 
 def _png_text_chunk(path: Path) -> str | None:
-    """The generate text chunk of a PNG, read from the chunks before the pixels: nothing is decoded (a PNG bomb at a
-    planned name costs no memory); an error for anything that is no PNG."""
+    """The generate text chunk of a PNG, read from the chunks before the pixels: nothing is decoded; an error for
+    anything that is no PNG or has more pixels than the image gate allows."""
     from PIL import Image
 
+    from psa_core.images import check_pixels
+
     with Image.open(path, formats=("PNG",)) as image:
+        check_pixels(image, path)
         return image.info.get(PNG_TEXT_KEY)
 
 
