@@ -200,7 +200,7 @@ def test_a_redirect_is_not_followed_the_target_gets_nothing_and_the_run_goes_on(
         folder = images(tmp_path / "images", ["a.png", "b.png"])
         out = tmp_path / "report" / "r.json"
         assert main(["score", "--images", str(folder), "--out", str(out), "--profile", "level_0", "--judge-url",
-                     f"{origin}/v1", "--judge-model", "m"]) == 0
+                     f"{origin}/v1", "--judge-model", "m"]) == 1  # the report is written; the judge answered for none
     finally:
         stop_origin()
         stop_target()
@@ -354,7 +354,7 @@ def test_judge_timeout_flag_reaches_the_request_and_is_bounded(tmp_path, capsys)
     try:
         start = time.monotonic()
         assert main(["score", "--images", str(folder), "--out", str(out), "--profile", "level_0", "--judge-url",
-                     f"{origin}/v1", "--judge-model", "m", "--judge-timeout", "1"]) == 0
+                     f"{origin}/v1", "--judge-model", "m", "--judge-timeout", "1"]) == 1  # no answer: exit 1
         elapsed = time.monotonic() - start
     finally:
         stop()
