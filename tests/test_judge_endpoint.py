@@ -503,7 +503,6 @@ def test_the_judge_settings_flags_are_bounded(flag, value, allowed, command, ser
 
 def test_json_mode_on_is_refused_for_a_local_model_and_off_there_in_reference_mode(tmp_path, capsys):
     from psa_core.evaluation.judge_settings import JudgeSettings
-
     from trainer.score import judge_settings, parse_score_args
 
     folder = images(tmp_path / "images", ["a.png"])

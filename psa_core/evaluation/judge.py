@@ -303,11 +303,11 @@ def _seeded(device: torch.device, seed: int | None) -> Iterator[None]:
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "IMAGE",
-    "JudgeSettings",
     "MAX_NEW_TOKENS_LIMIT",
-    "PAIR",
     "NO_VERDICT",
+    "PAIR",
     "AnswerFn",
+    "JudgeSettings",
     "PairVerdict",
     "TransformersVLM",
     "VLMJudge",
