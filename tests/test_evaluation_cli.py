@@ -248,7 +248,9 @@ def test_score_with_the_judge_records_verdicts_and_counts_no_verdicts(tmp_path, 
     summary = report["summary"]
     assert (summary["pass_rate"], summary["judged"], summary["no_verdict"], summary["judge_errors"]) == (None, 0, 2, 2)
     assert summary["quality_mean"] is None and summary["nudenet_rate"] == 0.0
-    assert report["settings"]["judge"]["mode"] == "blind" and report["settings"]["judge"]["max_new_tokens"] == 8
+    judge = report["settings"]["judge"]
+    assert judge["mode"] == "blind" and judge["max_tokens"] == {"image": 8, "pair": 8}  # the flag sets both kinds
+    assert (judge["temperature"], judge["json_mode"], judge["decoding"]) == (0.0, False, "greedy")  # blind's defaults
     with (tmp_path / "report.csv").open(newline="") as handle:
         csv_rows = {row["file"]: row for row in csv.DictReader(handle)}
     assert csv_rows["loose.png"]["judge_verdict"] == "NO_VERDICT" and csv_rows["nobody.png"]["judge_verdict"] == ""

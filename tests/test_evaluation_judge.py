@@ -408,3 +408,52 @@ def test_a_tiny_qwen2_vl_runs_end_to_end_and_its_random_answers_are_no_verdict(t
     assert pair.better == NO_VERDICT and len(pair.orders) == 2
     assert all(order.better == NO_VERDICT and order.raw for order in pair.orders)
     assert judge.judge(Image.open(tmp_path / "b.png"), LEVEL_2, mode="reference").verdict == NO_VERDICT  # no session
+
+
+# --- issue 22: sampling settings (docs/evaluation.md §8, "Sampling settings") -------------------------------------
+
+def test_each_call_tells_an_answer_function_that_takes_it_its_kind():
+    kinds = []
+
+    def answer(prompt, images, kind):
+        kinds.append((kind, len(images)))
+        return json.dumps(PAIR if kind == "pair" else SINGLE)
+    answer.takes_kind = True
+    judge = VLMJudge(answer)
+    assert judge.judge(red(), LEVEL_2).verdict == "PASS"
+    judge.compare(red(), blue(), LEVEL_2)  # blind: two calls
+    judge.compare(red(), blue(), LEVEL_2, mode="reference")
+    assert kinds == [("image", 1), ("pair", 2), ("pair", 2), ("pair", 2)]
+
+
+def test_a_sampling_local_judge_gives_the_same_answers_on_a_rerun_and_greedy_is_unchanged(tiny_vlm, tmp_path):
+    from psa_core.evaluation.judge_settings import JudgeSettings
+
+    red(64).save(tmp_path / "a.png")
+    blue(48).save(tmp_path / "b.png")
+    sampling = JudgeSettings.for_mode("blind", temperature=0.7, max_tokens=12)
+
+    def answers(settings):
+        """A fresh judge each time (as a rerun of the command): one image twice, another, and a pair."""
+        judge = VLMJudge.from_folder(tiny_vlm, "cpu", torch.float32, max_new_tokens=12, settings=settings)
+        with judge.session():
+            raws = [judge.judge(tmp_path / name, LEVEL_2, file_name=SAGE).raw for name in ("a.png", "a.png", "b.png")]
+            pair = judge.compare(tmp_path / "a.png", tmp_path / "b.png", LEVEL_2, file_name=SAGE)
+        return judge.settings(), [*raws, *(order.raw for order in pair.orders)]
+
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    settings, first = answers(sampling)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left as it was
+    torch.manual_seed(99)  # a different global state changes nothing: the seed comes from the call's inputs
+    assert answers(sampling)[1] == first
+    assert first[0] == first[1]  # the same call within a run: the same seed
+    assert settings["temperature"] == 0.7 and settings["decoding"].startswith("sampling, seeded")
+
+    greedy_settings, greedy = answers(None)  # the default (max_new_tokens=12 only): greedy, as before this issue
+    explicit = answers(JudgeSettings.for_mode("blind", max_tokens=12))[1]  # temperature 0 is greedy
+    assert greedy == explicit and greedy_settings["decoding"] == "greedy"
+    # Sampling really samples: a random tiny model's next-token distribution is nearly flat, so 12 tokens drawn at
+    # 0.7 match the greedy ones with a vanishing chance (each token about 1 / vocabulary); 5 answers all equal would
+    # mean the temperature never reached generate.
+    assert first != greedy

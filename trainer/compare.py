@@ -33,7 +33,6 @@ from psa_core.evaluation import (
 )
 from psa_core.evaluation.image_sets import folder_items, pair_items
 from psa_core.evaluation.images import IMAGE_SUFFIXES
-from psa_core.evaluation.judge import DEFAULT_MAX_NEW_TOKENS
 from psa_core.evaluation.judge_endpoint import DEFAULT_TIMEOUT
 from psa_core.evaluation.judge_prompts import BLIND, MODES
 from psa_core.evaluation.labels import MAX_LABEL, check_label
@@ -67,7 +66,9 @@ class CompareConfig:
     profile: str | None = None
     device: str = "auto"
     precision: str = "auto"
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens: int | None = None  # None: the mode's (judge_settings.py); likewise the next two
+    judge_temperature: float | None = None
+    judge_json_mode: str | None = None
     overwrite: bool = False
 
     @property

@@ -52,6 +52,13 @@ from psa_core.evaluation.judge_endpoint import (
     check_timeout,
 )
 from psa_core.evaluation.judge_prompts import BLIND, MODES
+from psa_core.evaluation.judge_settings import (
+    JSON_MODES,
+    TEMPERATURE_RANGE,
+    JudgeSettings,
+    check_max_tokens,
+    check_temperature,
+)
 from psa_core.evaluation.labels import check_label
 from psa_core.evaluation.q16_prompts import SUFFIXES as PROMPT_SUFFIXES
 from psa_core.evaluation.report import check_report_outputs
@@ -81,7 +88,9 @@ class ScoreConfig:
     judge_model: str | None = None
     judge_timeout: float = DEFAULT_TIMEOUT
     judge_mode: str = BLIND
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens: int | None = None  # None: the judge mode's (judge_settings.py); likewise the next two
+    judge_temperature: float | None = None
+    judge_json_mode: str | None = None
     clip_score: str | None = None
     fid_weights: str | None = None
     fid_reference: str | None = None
@@ -220,18 +229,45 @@ def add_judge_arguments(parser: argparse.ArgumentParser, defaults, judge_help: s
                         f"by then is not judged. Redirects are never followed")
     if not compare:
         parser.add_argument("--judge-mode", default=defaults.judge_mode, help=f"judge prompt: {', '.join(MODES)} "
-                            f"(blind: neutral wording; reference: the paper's)")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="most tokens the judge "
-                        "writes per answer (greedy decoding)")
+                            f"(blind: neutral wording; reference: the paper's, with its sampling settings)")
+    mode_flag = "--mode" if compare else "--judge-mode"
+    # The next three default to the mode's settings (judge_settings): not given, they stay the config's None.
+    parser.add_argument("--judge-temperature", type=float, default=argparse.SUPPRESS, metavar="T",
+                        help=f"the judge's sampling temperature, {TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g} "
+                        f"(default: {mode_flag} reference 0.1 as the paper, blind 0 = greedy); a local model "
+                        f"samples from a seed of each call's prompt and images, so a rerun gives the same answers")
+    parser.add_argument("--judge-max-tokens", "--max-new-tokens", dest="max_new_tokens", type=int,
+                        default=argparse.SUPPRESS, metavar="N",
+                        help=f"most tokens the judge writes per answer, 1 to {MAX_NEW_TOKENS_LIMIT} (default: "
+                        f"{mode_flag} reference 800 for one image and 1200 for a pair as the paper, blind 512)")
+    parser.add_argument("--judge-json-mode", default=argparse.SUPPRESS, metavar="|".join(JSON_MODES),
+                        help=f"with --judge-url: ask the server for a JSON answer (response_format json_object); "
+                        f"default: on with {mode_flag} reference, as the paper, off with blind. A local --judge "
+                        f"model has no JSON mode")
+
+
+def judge_settings(config) -> JudgeSettings:
+    """The judge's sampling settings: the prompt mode's (judge_settings.py), each flag given overriding its own.
+    EvaluationError naming the flag for a value out of bounds."""
+    temperature, tokens, json_mode = config.judge_temperature, config.max_new_tokens, config.judge_json_mode
+    if temperature is not None:
+        temperature = check_temperature(temperature, "--judge-temperature")
+    if tokens is not None:
+        check_max_tokens(tokens, "--judge-max-tokens/--max-new-tokens")
+    if json_mode is not None and json_mode not in JSON_MODES:
+        raise EvaluationError(f"--judge-json-mode {json_mode!r} is not allowed; allowed: {', '.join(JSON_MODES)}")
+    if json_mode == "on" and config.judge_url is None:
+        raise EvaluationError("--judge-json-mode on needs --judge-url (JSON mode is a server's response_format; a "
+                              "local --judge model has none); allowed with a local model: off")
+    json_on = None if json_mode is None and config.judge_url is not None else json_mode == "on"
+    return JudgeSettings.for_mode(config.judge_mode, temperature=temperature, max_tokens=tokens, json_mode=json_on)
 
 
 def check_judge_flags(config) -> None:
     """The judge's flags of `score` and `compare`: mode, token limit, the model folder and the users table."""
     if config.judge_mode not in MODES:
         raise EvaluationError(f"--judge-mode {config.judge_mode!r} is not allowed; allowed: {', '.join(MODES)}")
-    if not 1 <= config.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise EvaluationError(f"--max-new-tokens {config.max_new_tokens} is not allowed; allowed: 1 to "
-                              f"{MAX_NEW_TOKENS_LIMIT}")
+    judge_settings(config)
     if config.judge is not None and config.judge_url is not None:
         raise EvaluationError("--judge and --judge-url are alternatives; allowed: one of them (a local model folder, "
                               "or a server)")
@@ -294,12 +330,12 @@ def make_judge(config, log=print):
     if config.judge_url is not None:
         from psa_core.evaluation.judge_endpoint import EndpointVLM
 
-        server = EndpointVLM(config.judge_url, config.judge_model, config.max_new_tokens,
-                             timeout=config.judge_timeout)
+        server = EndpointVLM(config.judge_url, config.judge_model, DEFAULT_MAX_NEW_TOKENS,
+                             timeout=config.judge_timeout, settings=judge_settings(config))
         log(f"judge: sending each image and its profile to {server.url} (model {server.model})")
         return VLMJudge(server, description=server.settings())
     device, dtype = resolve_device(config, "judge")
-    return VLMJudge.from_folder(config.judge, device, dtype, max_new_tokens=config.max_new_tokens)
+    return VLMJudge.from_folder(config.judge, device, dtype, settings=judge_settings(config))
 
 
 def parse_score_args(argv: list[str]) -> ScoreConfig:

@@ -9,7 +9,8 @@ Pure PyTorch/numpy/PIL; no ComfyUI import. Each scorer is usable alone:
 - `score_images` (scoring.py) records each image, and report.py summarises and writes them;
 - `VLMJudge` (judge.py): a vision-language judge of one image (a Verdict, pass rate) or a pair (win rate), on a
   local transformers model or any answer function; its prompts are in judge_prompts.py, its answers are read by
-  judge_answers.py (judge_endpoint.py: the same on an OpenAI-compatible server);
+  judge_answers.py (judge_endpoint.py: the same on an OpenAI-compatible server; judge_settings.py: temperature,
+  most tokens per kind of call and JSON mode, the reference mode's defaults);
 - `CLIPScorer` (clip_score.py) and FID (fid.py: the FID Inception, statistics, the Fréchet distance);
 - generation.py (the plan and files of `python -m trainer generate`) and image_sets.py (which images a run reads
   and how two folders pair up); guard.py and judged_images.py (the Safety Check and Judge Image nodes' work);

@@ -4,8 +4,12 @@
 reads the answers strictly (judge_answers.py). `VLMJudge.from_folder` makes the answer function of a local chat
 vision-language model through transformers (Qwen2-VL, Qwen2.5-VL, or any folder `AutoModelForImageTextToText` and
 `AutoProcessor` load with local files only; nothing is downloaded): the processor's chat template with one user
-message holding the prompt text, then the images, and greedy decoding (`do_sample=False`), so the same inputs give
-the same answer. Where the model runs is the placement's business (psa_core/encoders/placement.py): by default the
+message holding the prompt text, then the images, and the sampling settings of judge_settings.py: greedy decoding
+(`do_sample=False`) at temperature 0; above it, sampling from a seed made of the call's prompt and images
+(`sampling_seed`), so either way the same inputs give the same answer.
+
+Each call tells an answer function that sets `takes_kind = True` its kind (`kind=IMAGE` or `kind=PAIR`, e.g. for
+the most tokens of each kind); any other `answer_fn(prompt_text, images)` is called as before. Where the model runs is the placement's business (psa_core/encoders/placement.py): by default the
 whole model on one device while a `session()` lasts (or for each call outside one). With `should_stop`
 (psa_core/interrupt.py) the model asks it before each answer and after every generated token, and raises
 `Interrupted` when it says stop.
@@ -39,11 +43,18 @@ from .judge_answers import (
     parse_verdict,
 )
 from .judge_prompts import BLIND, REFERENCE, check_mode, pair_prompt, single_prompt
+from .judge_settings import (
+    DEFAULT_MAX_NEW_TOKENS,
+    IMAGE,
+    MAX_NEW_TOKENS_LIMIT,
+    PAIR,
+    JudgeSettings,
+    check_max_tokens,
+    sampling_seed,
+)
 
 AnswerFn = Callable[[str, Sequence[Image.Image]], str]
 T = TypeVar("T")
-DEFAULT_MAX_NEW_TOKENS = 512
-MAX_NEW_TOKENS_LIMIT = 8192
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 _EXPECTED = ("expected a local chat vision-language model folder (Qwen2-VL / Qwen2.5-VL style: config.json, "
@@ -75,9 +86,10 @@ class VLMJudge:
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                     placement=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    should_stop: ShouldStop | None = None) -> VLMJudge:
-        """The judge of a local transformers vision-language model folder (module docstring)."""
-        model = TransformersVLM(folder, device, dtype, placement, max_new_tokens, should_stop)
+                    should_stop: ShouldStop | None = None, settings: JudgeSettings | None = None) -> VLMJudge:
+        """The judge of a local transformers vision-language model folder (module docstring): greedy with
+        `max_new_tokens` for every call, unless `settings` says otherwise."""
+        model = TransformersVLM(folder, device, dtype, placement, max_new_tokens, should_stop, settings=settings)
         return cls(model, description=model.settings())
 
     def settings(self) -> dict:
@@ -90,6 +102,12 @@ class VLMJudge:
         with (enter() if enter is not None else contextlib.nullcontext()):
             yield self
 
+    def ask(self, prompt: str, images: Sequence[Image.Image], kind: str) -> str:
+        """The answer function's answer, telling it the call's kind when it takes one (module docstring)."""
+        if getattr(self.answer_fn, "takes_kind", False):
+            return self.answer_fn(prompt, images, kind=kind)
+        return self.answer_fn(prompt, images)
+
     def judge(self, image: object, profile: UserProfile, *, mode: str = BLIND, caption: str | None = None,
               file_name: str | None = None) -> Verdict:
         """One image (a path, PIL image, array or tensor; ImageReadError when it cannot be read) judged for
@@ -98,8 +116,8 @@ class VLMJudge:
         if caption is not None:
             check_text(caption, "caption")
         picture = load_image(image)
-        return parse_verdict(self.answer_fn(single_prompt(profile, mode, caption=caption, file_name=file_name),
-                                            [picture]))
+        return parse_verdict(self.ask(single_prompt(profile, mode, caption=caption, file_name=file_name),
+                                      [picture], IMAGE))
 
     def compare(self, image_a: object, image_b: object, profile: UserProfile, *, mode: str = BLIND,
                 names: tuple[str, str] = ("baseline", "PSA"), file_name: str | None = None,
@@ -112,10 +130,10 @@ class VLMJudge:
         first, second = load_image(image_a), load_image(image_b)
         paths = tuple(str(i) if isinstance(i, (str, Path)) else None for i in (image_a, image_b))
         prompt = pair_prompt(profile, mode, names=names, file_name=file_name, paths=paths, caption=caption)
-        ab = parse_comparison(self.answer_fn(prompt, [first, second]))
+        ab = parse_comparison(self.ask(prompt, [first, second], PAIR))
         if mode == REFERENCE:
             return PairVerdict(ab.better, mode, (ab,))
-        ba = parse_comparison(self.answer_fn(prompt, [second, first]))
+        ba = parse_comparison(self.ask(prompt, [second, first], PAIR))
         return PairVerdict(combine_orders(ab, ba), mode, (ab, ba))
 
 
@@ -146,23 +164,30 @@ def check_judge_folder(folder: str | Path) -> Path:
 
 
 class TransformersVLM:
-    """The answer function of a local transformers vision-language model: `(prompt_text, images) -> answer`."""
+    """The answer function of a local transformers vision-language model:
+    `(prompt_text, images, kind=IMAGE) -> answer`, with `settings` (default: greedy, `max_new_tokens` for each kind).
+    JSON mode is a server's feature: a local model has none (settings with it on are refused)."""
+
+    takes_kind = True
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 placement=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, should_stop: ShouldStop | None = None):
+                 placement=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, should_stop: ShouldStop | None = None,
+                 settings: JudgeSettings | None = None):
         from ..encoders.llm import model_fingerprint, read_model_config
         from ..encoders.placement import SingleDevice
 
         self.folder = check_judge_folder(folder)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or \
-                not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise EvaluationError(f"max_new_tokens {max_new_tokens!r} is not allowed; allowed: 1 to "
-                                  f"{MAX_NEW_TOKENS_LIMIT}")
+        if settings is None:
+            settings = JudgeSettings.greedy(check_max_tokens(max_new_tokens))
+        if settings.json_mode:
+            raise EvaluationError("JSON mode is not available with a local judge model (it is a server's "
+                                  "response_format); allowed: JSON mode off, or a judge server")
+        self.judge_settings = settings
         try:
             self.config = read_model_config(self.folder)
         except Exception as error:  # noqa: BLE001 - the encoder's message names the folder; keep this one's type
             raise EvaluationError(f"judge folder {self.folder}: {error}") from None
-        self.device, self.dtype, self.max_new_tokens = torch.device(device), dtype, max_new_tokens
+        self.device, self.dtype = torch.device(device), dtype
         self.placement = placement or SingleDevice(self.device)
         self.should_stop = should_stop
         self.fingerprint = model_fingerprint(self.folder)
@@ -185,8 +210,9 @@ class TransformersVLM:
     def settings(self) -> dict:
         return {"backend": "transformers", "folder": str(self.folder.resolve()), "fingerprint": self.fingerprint,
                 "model_type": self.config.get("model_type"), "architectures": self.config.get("architectures"),
-                "dtype": str(self.dtype).removeprefix("torch."), "decoding": "greedy",
-                "max_new_tokens": self.max_new_tokens}
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "decoding": "sampling, seeded by each call's prompt and images" if self.judge_settings.samples
+                else "greedy", **self.judge_settings.to_dict()}
 
     def _build(self, extra: dict):
         import transformers
@@ -208,7 +234,7 @@ class TransformersVLM:
         element = torch.empty((), dtype=self.dtype).element_size()
         # Two images of a pair at Qwen2-VL's default resolution and the prompt: a few thousand tokens.
         working = forward_working_bytes(text, 1, 4096, element, vocab_logits=int(text.get("vocab_size") or 0),
-                                        cached_tokens=4096 + self.max_new_tokens)
+                                        cached_tokens=4096 + self.judge_settings.most_tokens)
         return ModelRequest(key=("AutoModelForImageTextToText", self.fingerprint, str(self.dtype)),
                             label=f"{self.folder.name} ({str(self.dtype).removeprefix('torch.')})", build=self._build,
                             dtype=self.dtype, weight_bytes=estimate_weight_bytes(self.folder, self.dtype),
@@ -226,11 +252,11 @@ class TransformersVLM:
             finally:
                 self._placed = None
 
-    def __call__(self, prompt: str, images: Sequence[Image.Image]) -> str:
+    def __call__(self, prompt: str, images: Sequence[Image.Image], kind: str = IMAGE) -> str:
         with self.session():
-            return self._generate(self._placed, prompt, images)
+            return self._generate(self._placed, prompt, images, kind)
 
-    def _generate(self, placed, prompt: str, images: Sequence[Image.Image]) -> str:
+    def _generate(self, placed, prompt: str, images: Sequence[Image.Image], kind: str) -> str:
         check_stop(self.should_stop)
         model = placed.model
         content = [{"type": "text", "text": prompt}, *({"type": "image"} for _ in images)]
@@ -241,20 +267,47 @@ class TransformersVLM:
                         else value.to(placed.device)) if torch.is_tensor(value) else value
                   for key, value in inputs.items()}
         config = copy.deepcopy(model.generation_config)
-        # Greedy: whatever sampling settings the checkpoint ships are switched off, so answers are reproducible.
-        config.do_sample, config.num_beams, config.max_new_tokens = False, 1, self.max_new_tokens
-        config.temperature = config.top_p = config.top_k = None
-        with torch.inference_mode():
+        settings = self.judge_settings
+        # Whatever sampling settings the checkpoint ships are replaced: greedy at temperature 0; above it, plain
+        # temperature sampling (no top-k, top-p 1, as a chat-completions server's defaults) from a seed of this
+        # call's inputs, so answers are reproducible either way.
+        config.do_sample, config.num_beams, config.max_new_tokens = settings.samples, 1, settings.tokens_for(kind)
+        config.temperature = settings.temperature if settings.samples else None
+        config.top_p, config.top_k = (1.0, 0) if settings.samples else (None, None)
+        with torch.inference_mode(), _seeded(placed.device, sampling_seed(prompt, images, kind) if settings.samples
+                                             else None):
             output = model.generate(**inputs, generation_config=config,
                                     stopping_criteria=stopping_criteria(self.should_stop))
         start = inputs["input_ids"].shape[1]
         return self.processor.batch_decode(output[:, start:], skip_special_tokens=True)[0]
 
 
+@contextlib.contextmanager
+def _seeded(device: torch.device, seed: int | None) -> Iterator[None]:
+    """With a seed: the CPU generator and `device`'s seeded for the `with`, and restored afterwards (the caller's
+    random state is not touched); without one: nothing."""
+    if seed is None:
+        yield
+        return
+    cuda = torch.device(device).type == "cuda"
+    index = torch.device(device).index if cuda and torch.device(device).index is not None else (
+        torch.cuda.current_device() if cuda else None)
+    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
+    "IMAGE",
+    "MAX_NEW_TOKENS_LIMIT",
     "NO_VERDICT",
+    "PAIR",
     "AnswerFn",
+    "JudgeSettings",
     "PairVerdict",
     "TransformersVLM",
     "VLMJudge",

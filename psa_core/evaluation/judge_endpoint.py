@@ -3,8 +3,10 @@ a hosted API), for people who already run one: `VLMJudge(EndpointVLM(url, model)
 
 Only the command line offers it (`--judge-url`), never a node: a node's inputs come from anyone who can post to a
 ComfyUI server, and a URL input would let them make that server send requests anywhere. Nothing is sent unless a
-URL is given. Each call posts the prompt text and the images (PNG data URLs) as one user message with
-temperature 0; the API key, when the server wants one, is read from the environment variable
+URL is given. Each call posts the prompt text and the images (PNG data URLs) as one user message with the
+sampling settings of judge_settings.py: `temperature`, `max_tokens` of the call's kind (one image or a pair) and,
+with JSON mode, `response_format` `{"type": "json_object"}` (reference mode: 0.1, JSON mode, 800 / 1200 tokens, as
+the paper's scripts sent; blind: 0, no JSON mode, 512). The API key, when the server wants one, is read from the environment variable
 `PSA_JUDGE_API_KEY`, never from a flag or the URL (command lines are visible to other users of the machine) and
 never logged.
 
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from .errors import EvaluationError
+from .judge_settings import IMAGE, JudgeSettings, check_max_tokens
 
 API_KEY_VARIABLE = "PSA_JUDGE_API_KEY"
 DEFAULT_TIMEOUT = 120.0
@@ -142,14 +145,18 @@ class _Deadline:
 
 
 class EndpointVLM:
-    """`(prompt_text, images) -> answer` through an OpenAI-compatible `chat/completions` endpoint."""
+    """`(prompt_text, images, kind=IMAGE) -> answer` through an OpenAI-compatible `chat/completions` endpoint, with
+    `settings` (default: greedy, `max_new_tokens` for each kind, no JSON mode)."""
+
+    takes_kind = True
 
     def __init__(self, url: str, model: str, max_new_tokens: int, timeout: float = DEFAULT_TIMEOUT,
-                 api_key: str | None = None):
+                 api_key: str | None = None, settings: JudgeSettings | None = None):
         if not model or not model.strip():
             raise EvaluationError("the judge server needs a model name (--judge-model), as the server lists it")
         self.url, self.model = check_endpoint_url(url), model
-        self.max_new_tokens, self.timeout = max_new_tokens, check_timeout(timeout)
+        self.judge_settings = settings or JudgeSettings.greedy(check_max_tokens(max_new_tokens))
+        self.timeout = check_timeout(timeout)
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
         if self.api_key and scrub(self.url, self.api_key) != self.url:
             raise EvaluationError(f"the judge URL holds the key of {API_KEY_VARIABLE} (the URL is neither used nor "
@@ -158,14 +165,19 @@ class EndpointVLM:
 
     def settings(self) -> dict:
         return {"backend": "openai-compatible endpoint", "url": self.url, "model": self.model,
-                "decoding": "temperature 0", "max_new_tokens": self.max_new_tokens, "timeout_s": self.timeout,
+                "decoding": f"the server's, at temperature {self.judge_settings.temperature:g}",
+                **self.judge_settings.to_dict(), "timeout_s": self.timeout,
                 "api_key": f"from {API_KEY_VARIABLE}" if self.api_key else None}
 
-    def request_body(self, prompt: str, images: Sequence[Image.Image]) -> dict:
+    def request_body(self, prompt: str, images: Sequence[Image.Image], kind: str = IMAGE) -> dict:
         content = [{"type": "text", "text": prompt},
                    *({"type": "image_url", "image_url": {"url": _data_url(image)}} for image in images)]
-        return {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0,
-                "max_tokens": self.max_new_tokens}
+        settings = self.judge_settings
+        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
+                "temperature": settings.temperature, "max_tokens": settings.tokens_for(kind)}
+        if settings.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        return body
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.api_key)
@@ -178,11 +190,11 @@ class EndpointVLM:
     def _fail(self, detail: str) -> EvaluationError:
         return EvaluationError(self.scrub(f"judge server {self.url}: {detail}"))
 
-    def __call__(self, prompt: str, images: Sequence[Image.Image]) -> str:
+    def __call__(self, prompt: str, images: Sequence[Image.Image], kind: str = IMAGE) -> str:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        payload = json.dumps(self.request_body(prompt, images)).encode()
+        payload = json.dumps(self.request_body(prompt, images, kind)).encode()
         status, reason, location, body = self._post(payload, headers)
         if 300 <= status < 400:
             target = f" to {self._server_text(location)!r}" if location else ""
