@@ -115,7 +115,7 @@ def test_uncond_first_chunk_order(pack, setup):
     patch = attn2_output_patches(apply(pack, setup))[0]
     key = ("input", 1, 0)
     out = torch.zeros(4, 5, setup["family"].layers[0].hidden, dtype=torch.float64)
-    options = {"block": ("input", 1), "block_index": 0, "sigmas": torch.ones(2)}
+    options = {"block": ("input", 1), "block_index": 0, "sigmas": torch.ones(2), "psa_roles": ["user", "null user"]}
     cond_first = patch(out, {**options, "cond_or_uncond": [0, 1]})
     uncond_first = patch(out, {**options, "cond_or_uncond": [1, 0]})
     assert torch.equal(cond_first[:2], uncond_first[2:]) and torch.equal(cond_first[2:], uncond_first[:2])
