@@ -158,10 +158,7 @@ class PSAAttentionPatch:
     def _user_rows(self, offsets: torch.Tensor, chunk: int) -> torch.Tensor:
         if self.num_users == 1:
             return offsets[:1].expand(chunk, -1, -1)
-        if self.num_users != chunk:
-            raise CompatibilityError(f"the PSA embedding holds {self.num_users} profiles but the sampler batch has "
-                                     f"{chunk} latents; make the batch size equal to the number of profiles "
-                                     "(or use a single profile)")
+        check_profile_batch(self.num_users, chunk)
         return offsets[:self.num_users]
 
     def _per_sample(self, offsets: torch.Tensor, roles: tuple[str, ...], chunk: int) -> torch.Tensor:
@@ -202,6 +199,22 @@ class PSAAttentionPatch:
         return out + per_sample
 
 
+class ProfileBatchMismatch(CompatibilityError):
+    """A profile batch whose size cannot match the latent batch, found when sampling starts (PSA Apply has no
+    latent to check against)."""
+
+
+# ComfyUI prints an exception's type as module + name unless the module is builtins; this keeps it short.
+ProfileBatchMismatch.__module__ = "builtins"
+
+
+def check_profile_batch(num_users: int, latents: int) -> None:
+    if num_users != 1 and num_users != latents:
+        raise ProfileBatchMismatch(f"the PSA embedding holds {num_users} profiles but the sampler batch has "
+                                   f"{latents} latents; make the batch size equal to the number of profiles "
+                                   "(or use a single profile)")
+
+
 class PSARouting:
     """The two ComfyUI wrappers that route by role (docs/comfyui.md): OUTER_SAMPLE learns which guider samples
     (and sets the patch's sigma window from the model being sampled, so a sampling-mode node after PSA Apply is
@@ -221,7 +234,10 @@ class PSARouting:
     def outer_sample(self, executor, *args, **kwargs):
         guider = executor.class_obj
         sampling = guider.model_patcher.get_model_object("model_sampling")
+        noise = args[0] if args else kwargs.get("noise")
         for patch in psa_patches(guider.model_options):
+            if noise is not None:
+                check_profile_batch(patch.num_users, noise.shape[0])
             patch.sigma_start = float(sampling.percent_to_sigma(self.start_percent))
             patch.sigma_end = float(sampling.percent_to_sigma(self.end_percent))
         self.guiders.append(guider)

@@ -211,5 +211,7 @@ def test_batch_of_profiles_matches_separate_runs(pack, setup):
 
 def test_batch_size_mismatch_is_explained(pack, setup):
     batch = psa_core.UserEmbedding(torch.randn(3, tm.TINY_EMBEDDING_DIM))
-    with pytest.raises(psa_core.CompatibilityError, match="3 profiles but the sampler batch has 2"):
+    with pytest.raises(psa_core.CompatibilityError, match="3 profiles but the sampler batch has 2") as raised:
         tm.sample(apply(pack, setup, embedding=batch), FAMILY, batch=2, steps=1)
+    # refused when sampling starts, under a short type name (ComfyUI prints module + name unless builtins)
+    assert type(raised.value).__module__ == "builtins" and type(raised.value).__name__ == "ProfileBatchMismatch"
