@@ -33,6 +33,7 @@ USER = "user"
 NULL_USER = "null user"
 ROLE_OF_COND = {"positive": USER, "negative": NULL_USER, "empty_negative_prompt": NULL_USER, "middle": NULL_USER}
 ROLES_KEY = "psa_roles"  # transformer_options key: the role of each position of calc_cond_batch's conds list
+WINDOW_KEY = "psa_window"  # transformer_options key: (σ(start_percent), σ(end_percent)) of the sampled model
 WRAPPER_KEY = "psa_routing"
 log = logging.getLogger("psa")
 
@@ -194,7 +195,8 @@ class PSAAttentionPatch:
             per_sample = self._per_sample(found, roles, chunk)
         if not self.window_is_full:
             sigmas = extra_options["sigmas"].to(out.device).repeat(len(flags))
-            active = (sigmas <= self.sigma_start) & (sigmas >= self.sigma_end)
+            sigma_start, sigma_end = extra_options.get(WINDOW_KEY, (self.sigma_start, self.sigma_end))
+            active = (sigmas <= sigma_start) & (sigmas >= sigma_end)
             per_sample = per_sample * active[:, None, None].to(per_sample.dtype)
         return out + per_sample
 
@@ -217,8 +219,7 @@ def check_profile_batch(num_users: int, latents: int) -> None:
 
 class PSARouting:
     """The two ComfyUI wrappers that route by role (docs/comfyui.md): OUTER_SAMPLE learns which guider samples
-    (and sets the patch's sigma window from the model being sampled, so a sampling-mode node after PSA Apply is
-    respected); CALC_COND_BATCH names each position of the conds list it is given by the guider conditioning it
+    (and the sigma window of the model being sampled, so a sampling-mode node after PSA Apply is respected); CALC_COND_BATCH names each position of the conds list it is given by the guider conditioning it
     is (the same list object), and passes their roles to the attention patch in transformer_options. A list
     that is none of the guider's, or a guider conditioning of unknown role, is refused, never guessed."""
 
@@ -238,9 +239,10 @@ class PSARouting:
         for patch in psa_patches(guider.model_options):
             if noise is not None:
                 check_profile_batch(patch.num_users, noise.shape[0])
-            patch.sigma_start = float(sampling.percent_to_sigma(self.start_percent))
-            patch.sigma_end = float(sampling.percent_to_sigma(self.end_percent))
-        self.guiders.append(guider)
+        # the model being sampled, so that a sampling-mode node placed after PSA Apply sets the window's sigmas
+        window = (float(sampling.percent_to_sigma(self.start_percent)),
+                  float(sampling.percent_to_sigma(self.end_percent)))
+        self.guiders.append((guider, window))
         self.logged = set()
         try:
             return executor(*args, **kwargs)
@@ -251,7 +253,7 @@ class PSARouting:
         if not self.guiders:
             raise CompatibilityError("PSA: a conditioning batch was computed outside a guider's sampling run, so "
                                      "PSA cannot tell the user's prompt from the negative one")
-        guider = self.guiders[-1]
+        guider = self.guiders[-1][0]
         named = {id(value): name for name, value in (getattr(guider, "conds", None) or {}).items()}
         guider_name = type(guider).__name__
         roles, names = [], []
@@ -282,7 +284,7 @@ class PSARouting:
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
         options = dict(model_options)
         options["transformer_options"] = {**model_options.get("transformer_options", {}),
-                                          ROLES_KEY: self.roles(conds)}
+                                          ROLES_KEY: self.roles(conds), WINDOW_KEY: self.guiders[-1][1]}
         return executor(model, conds, x_in, timestep, options, *args, **kwargs)
 
 
