@@ -242,6 +242,10 @@ class PSARouting:
         # the model being sampled, so that a sampling-mode node placed after PSA Apply sets the window's sigmas
         window = (float(sampling.percent_to_sigma(self.start_percent)),
                   float(sampling.percent_to_sigma(self.end_percent)))
+        if was_merged(guider.model_patcher):
+            log.warning("PSA: this model was merged with another (ModelMergeSimple or a like node) after PSA Apply; "
+                        "PSA stays at full strength, as applied to the first model, whatever the ratio, and a PSA "
+                        "Apply on the other model is dropped by the merge. Apply PSA after merging instead")
         self.guiders.append((guider, window))
         self.logged = set()
         try:
@@ -286,6 +290,13 @@ class PSARouting:
         options["transformer_options"] = {**model_options.get("transformer_options", {}),
                                           ROLES_KEY: self.roles(conds), WINDOW_KEY: self.guiders[-1][1]}
         return executor(model, conds, x_in, timestep, options, *args, **kwargs)
+
+
+def was_merged(model_patcher) -> bool:
+    """ComfyUI's merge nodes add the other model's weights as patches with strength_model = ratio (≠ 1); LoRAs
+    and other weight patches keep strength_model 1. A merge touches every weight, attn2's `to_out` included."""
+    return any(patch[2] != 1.0 for key, found in getattr(model_patcher, "patches", {}).items()
+               if key.endswith(".attn2.to_out.0.weight") for patch in found)
 
 
 def psa_patches(model_options: dict) -> list[PSAAttentionPatch]:

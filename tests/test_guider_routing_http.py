@@ -174,3 +174,16 @@ def test_a_second_psa_apply_replaces_the_first(server):
     assert "this PSA Apply replaces it" in server.log()[before:]
     second_only, _ = run(server, ksampler(base(profile="0000002.npy")))
     assert torch.equal(chained, second_only)
+
+
+def test_a_merge_after_psa_apply_is_reported_when_sampling(server):
+    prompt = base()
+    prompt["merged"] = {"class_type": "ModelMergeSimple", "inputs": {"model1": ["m", 0], "model2": ["unet", 0],
+                                                                    "ratio": 0.5}}
+    before = len(server.log())
+    latent, routes = run(server, ksampler(prompt, model="merged"))
+    assert "was merged with another" in server.log()[before:]
+    assert routes == ["(CFGGuider): positive -> user, negative -> null user"]
+    before = len(server.log())
+    run(server, ksampler(base()))  # no merge: no warning
+    assert "was merged with another" not in server.log()[before:]
