@@ -1,7 +1,7 @@
 """The PSA cross-attention patch: one `attn2_output_patch` that adds each layer's user term.
 
-For layer l, cond chunks get `s·W_out W_v u` added after `to_out`, and uncond chunks the same with the null
-user u0 (docs/adapter.md §2, §4): the core's `attn2_shift`, the formula training uses, applied to the live
+For layer l, user-side chunks get `s·W_out W_v u` added after `to_out`, and negative-side chunks the same with
+the null user u0 (docs/adapter.md §2, §4), by the role of each chunk's conditioning (PSARouting, docs/comfyui.md §2): the core's `attn2_shift`, the formula training uses, applied to the live
 `W_out`, the weight the layer's own forward multiplies by in this call (`live_out_weight`), so LoRA patches,
 low-VRAM casting and weight functions apply exactly as they do to the base attention (docs/comfyui.md §2).
 """
