@@ -1,13 +1,14 @@
 """The PSA cross-attention patch: one `attn2_output_patch` that adds each layer's user term.
 
-For layer l, cond chunks get `s·W_out W_v u` added after `to_out`, and uncond chunks the same with the null
-user u0 (docs/adapter.md §2, §4): the core's `attn2_shift`, the formula training uses, applied to the live
+For layer l, user-side chunks get `s·W_out W_v u` added after `to_out`, and negative-side chunks the same with
+the null user u0 (docs/adapter.md §2, §4), by the role of each chunk's conditioning (PSARouting, docs/comfyui.md §2): the core's `attn2_shift`, the formula training uses, applied to the live
 `W_out`, the weight the layer's own forward multiplies by in this call (`live_out_weight`), so LoRA patches,
 low-VRAM casting and weight functions apply exactly as they do to the base attention (docs/comfyui.md §2).
 """
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import weakref
 from collections.abc import Iterator
@@ -24,6 +25,17 @@ from ..psa_core.numbers import check_number
 # block key is ("middle", 0) — the slot number is not the block id (IPAdapter_plus's never-firing middle patch).
 _ATTN2_PATH = re.compile(r"(?:(input_blocks|output_blocks)\.(\d+)|(middle_block))\.\d+\.transformer_blocks\.(\d+)\.attn2")
 _BLOCK_NAMES = {"input_blocks": "input", "output_blocks": "output"}
+
+# Routing by role (docs/comfyui.md §"Which user each conditioning gets"): a guider's named conditionings are the
+# user's side or the negative side. "middle" is DualCFGGuider's cond2: negative side, so that DualCFG with
+# cond2 = negative is exactly CFGGuider with PSA (the cond2 - negative term cancels as it does without PSA).
+USER = "user"
+NULL_USER = "null user"
+ROLE_OF_COND = {"positive": USER, "negative": NULL_USER, "empty_negative_prompt": NULL_USER, "middle": NULL_USER}
+ROLES_KEY = "psa_roles"  # transformer_options key: the role of each position of calc_cond_batch's conds list
+WINDOW_KEY = "psa_window"  # transformer_options key: (σ(start_percent), σ(end_percent)) of the sampled model
+WRAPPER_KEY = "psa_routing"
+log = logging.getLogger("psa")
 
 
 def find_cross_attention_outputs(diffusion_model: nn.Module) -> dict[ComfyKey, nn.Module]:
@@ -147,16 +159,13 @@ class PSAAttentionPatch:
     def _user_rows(self, offsets: torch.Tensor, chunk: int) -> torch.Tensor:
         if self.num_users == 1:
             return offsets[:1].expand(chunk, -1, -1)
-        if self.num_users != chunk:
-            raise CompatibilityError(f"the PSA embedding holds {self.num_users} profiles but the sampler batch has "
-                                     f"{chunk} latents; make the batch size equal to the number of profiles "
-                                     "(or use a single profile)")
+        check_profile_batch(self.num_users, chunk)
         return offsets[:self.num_users]
 
-    def _per_sample(self, offsets: torch.Tensor, flags: list[int], chunk: int) -> torch.Tensor:
+    def _per_sample(self, offsets: torch.Tensor, roles: tuple[str, ...], chunk: int) -> torch.Tensor:
         null_row = offsets[self.num_users:self.num_users + 1]
-        return torch.cat([null_row.expand(chunk, -1, -1) if flag == 1 else self._user_rows(offsets, chunk)
-                          for flag in flags])
+        return torch.cat([null_row.expand(chunk, -1, -1) if role == NULL_USER else self._user_rows(offsets, chunk)
+                          for role in roles])
 
     def __call__(self, out: torch.Tensor, extra_options: dict) -> torch.Tensor:
         block = extra_options.get("block")
@@ -169,20 +178,130 @@ class PSAAttentionPatch:
         if self.hits is not None:
             self.hits.add(key)
         flags = extra_options.get("cond_or_uncond") or [0]
+        position_roles = extra_options.get(ROLES_KEY)
+        if position_roles is None:
+            raise CompatibilityError("PSA's attention patch ran outside a ComfyUI guider's conditioning batch, so "
+                                     "it cannot tell the user's prompt from the negative one; sample the PSA "
+                                     "model with a KSampler or a SamplerCustomAdvanced guider")
+        roles = tuple(position_roles[flag] for flag in flags)
         chunk = out.shape[0] // len(flags)
         found = self._offsets(key, to_out, out, extra_options.get("sample_sigmas"))
         if isinstance(found, _LayerCache):
-            layout = (tuple(flags), chunk)
+            layout = (roles, chunk)
             per_sample = found.per_sample.get(layout)
             if per_sample is None:
-                per_sample = found.per_sample[layout] = self._per_sample(found.offsets, flags, chunk)
+                per_sample = found.per_sample[layout] = self._per_sample(found.offsets, roles, chunk)
         else:
-            per_sample = self._per_sample(found, flags, chunk)
+            per_sample = self._per_sample(found, roles, chunk)
         if not self.window_is_full:
             sigmas = extra_options["sigmas"].to(out.device).repeat(len(flags))
-            active = (sigmas <= self.sigma_start) & (sigmas >= self.sigma_end)
+            sigma_start, sigma_end = extra_options.get(WINDOW_KEY, (self.sigma_start, self.sigma_end))
+            active = (sigmas <= sigma_start) & (sigmas >= sigma_end)
             per_sample = per_sample * active[:, None, None].to(per_sample.dtype)
         return out + per_sample
+
+
+class ProfileBatchMismatch(CompatibilityError):
+    """A profile batch whose size cannot match the latent batch, found when sampling starts (PSA Apply has no
+    latent to check against)."""
+
+
+# ComfyUI prints an exception's type as module + name unless the module is builtins; this keeps it short.
+ProfileBatchMismatch.__module__ = "builtins"
+
+
+def check_profile_batch(num_users: int, latents: int) -> None:
+    if num_users != 1 and num_users != latents:
+        raise ProfileBatchMismatch(f"the PSA embedding holds {num_users} profiles but the sampler batch has "
+                                   f"{latents} latents; make the batch size equal to the number of profiles "
+                                   "(or use a single profile)")
+
+
+class PSARouting:
+    """The two ComfyUI wrappers that route by role (docs/comfyui.md): OUTER_SAMPLE learns which guider samples
+    (and the sigma window of the model being sampled, so a sampling-mode node after PSA Apply is respected); CALC_COND_BATCH names each position of the conds list it is given by the guider conditioning it
+    is (the same list object), and passes their roles to the attention patch in transformer_options. A list
+    that is none of the guider's, or a guider conditioning of unknown role, is refused, never guessed."""
+
+    def __init__(self, start_percent: float, end_percent: float):
+        self.start_percent = start_percent
+        self.end_percent = end_percent
+        self.guiders: list = []
+        self.logged: set = set()
+
+    def __deepcopy__(self, memo: dict) -> "PSARouting":
+        return self  # shared by every clone: it holds no per-model state but the guider being sampled
+
+    def outer_sample(self, executor, *args, **kwargs):
+        guider = executor.class_obj
+        sampling = guider.model_patcher.get_model_object("model_sampling")
+        noise = args[0] if args else kwargs.get("noise")
+        for patch in psa_patches(guider.model_options):
+            if noise is not None:
+                check_profile_batch(patch.num_users, noise.shape[0])
+        # the model being sampled, so that a sampling-mode node placed after PSA Apply sets the window's sigmas
+        window = (float(sampling.percent_to_sigma(self.start_percent)),
+                  float(sampling.percent_to_sigma(self.end_percent)))
+        if was_merged(guider.model_patcher):
+            log.warning("PSA: this model was merged with another (ModelMergeSimple or a like node) after PSA Apply; "
+                        "PSA stays at full strength, as applied to the first model, whatever the ratio, and a PSA "
+                        "Apply on the other model is dropped by the merge. Apply PSA after merging instead")
+        self.guiders.append((guider, window))
+        self.logged = set()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.guiders.pop()
+
+    def roles(self, conds: list) -> list[str | None]:
+        if not self.guiders:
+            raise CompatibilityError("PSA: a conditioning batch was computed outside a guider's sampling run, so "
+                                     "PSA cannot tell the user's prompt from the negative one")
+        guider = self.guiders[-1][0]
+        named = {id(value): name for name, value in (getattr(guider, "conds", None) or {}).items()}
+        guider_name = type(guider).__name__
+        roles, names = [], []
+        for cond in conds:
+            if cond is None:
+                roles.append(None)
+                names.append("-")
+                continue
+            name = named.get(id(cond))
+            if name is None:
+                raise CompatibilityError(
+                    f"PSA: {guider_name} (or a model patch) evaluates a conditioning that is none of the guider's "
+                    f"({', '.join(named) or 'none'}), so PSA cannot tell whether it is the user's prompt or a "
+                    "negative one; this sampling path is not supported with PSA Apply")
+            if name not in ROLE_OF_COND:
+                raise CompatibilityError(
+                    f"PSA: {guider_name} has a conditioning '{name}' whose role PSA does not know (it knows "
+                    f"{', '.join(sorted(ROLE_OF_COND))}); this guider is not supported with PSA Apply")
+            roles.append(ROLE_OF_COND[name])
+            names.append(name)
+        layout = tuple(names)
+        if layout not in self.logged:
+            self.logged.add(layout)
+            log.info("PSA routing (%s): %s", guider_name,
+                     ", ".join(f"{n} -> {r}" for n, r in zip(names, roles) if r is not None))
+        return roles
+
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
+        options = dict(model_options)
+        options["transformer_options"] = {**model_options.get("transformer_options", {}),
+                                          ROLES_KEY: self.roles(conds), WINDOW_KEY: self.guiders[-1][1]}
+        return executor(model, conds, x_in, timestep, options, *args, **kwargs)
+
+
+def was_merged(model_patcher) -> bool:
+    """ComfyUI's merge nodes add the other model's weights as patches with strength_model = ratio (≠ 1); LoRAs
+    and other weight patches keep strength_model 1. A merge touches every weight, attn2's `to_out` included."""
+    return any(patch[2] != 1.0 for key, found in getattr(model_patcher, "patches", {}).items()
+               if key.endswith(".attn2.to_out.0.weight") for patch in found)
+
+
+def psa_patches(model_options: dict) -> list[PSAAttentionPatch]:
+    patches = model_options.get("transformer_options", {}).get("patches", {}).get("attn2_output_patch", [])
+    return [patch for patch in patches if isinstance(patch, PSAAttentionPatch)]
 
 
 def check_model_family(model, family: Family, what: str = "the adapter") -> dict[ComfyKey, nn.Module]:
@@ -218,5 +337,20 @@ def apply_psa(model, adapter: LoadedAdapter, embedding: UserEmbedding, strength:
         sigma_end=float(sampling.percent_to_sigma(end_percent)),
         window_is_full=start_percent <= 0.0 and end_percent >= 1.0)
     patched = model.clone()
+    options = patched.model_options["transformer_options"]
+    earlier = psa_patches(patched.model_options)
+    if earlier:
+        # Two PSA Apply on one model: the later one replaces the earlier (docs/comfyui.md), never a silent sum.
+        log.warning("PSA Apply: the model already has PSA applied; this PSA Apply replaces it (adapter '%s')",
+                    adapter.name)
+        options["patches"]["attn2_output_patch"] = [
+            p for p in options["patches"]["attn2_output_patch"] if not isinstance(p, PSAAttentionPatch)]
+    wrappers = options.setdefault("wrappers", {})
+    routing = PSARouting(start_percent, end_percent)
+    import comfy.patcher_extension as extension
+
+    for kind, function in ((extension.WrappersMP.OUTER_SAMPLE, routing.outer_sample),
+                           (extension.WrappersMP.CALC_COND_BATCH, routing.calc_cond_batch)):
+        wrappers.setdefault(kind, {})[WRAPPER_KEY] = [function]  # replaces an earlier PSA Apply's
     patched.set_model_attn2_output_patch(patch)
     return patched

@@ -115,7 +115,7 @@ def test_uncond_first_chunk_order(pack, setup):
     patch = attn2_output_patches(apply(pack, setup))[0]
     key = ("input", 1, 0)
     out = torch.zeros(4, 5, setup["family"].layers[0].hidden, dtype=torch.float64)
-    options = {"block": ("input", 1), "block_index": 0, "sigmas": torch.ones(2)}
+    options = {"block": ("input", 1), "block_index": 0, "sigmas": torch.ones(2), "psa_roles": ["user", "null user"]}
     cond_first = patch(out, {**options, "cond_or_uncond": [0, 1]})
     uncond_first = patch(out, {**options, "cond_or_uncond": [1, 0]})
     assert torch.equal(cond_first[:2], uncond_first[2:]) and torch.equal(cond_first[2:], uncond_first[:2])
@@ -211,5 +211,37 @@ def test_batch_of_profiles_matches_separate_runs(pack, setup):
 
 def test_batch_size_mismatch_is_explained(pack, setup):
     batch = psa_core.UserEmbedding(torch.randn(3, tm.TINY_EMBEDDING_DIM))
-    with pytest.raises(psa_core.CompatibilityError, match="3 profiles but the sampler batch has 2"):
+    with pytest.raises(psa_core.CompatibilityError, match="3 profiles but the sampler batch has 2") as raised:
         tm.sample(apply(pack, setup, embedding=batch), FAMILY, batch=2, steps=1)
+    # refused when sampling starts, under a short type name (ComfyUI prints module + name unless builtins)
+    assert type(raised.value).__module__ == "builtins" and type(raised.value).__name__ == "ProfileBatchMismatch"
+
+
+def test_window_follows_a_sampling_mode_set_after_psa_apply(pack, setup):
+    """The window's σ bounds come from the model being sampled (docs/comfyui.md §2), so a sampling-mode change
+    after PSA Apply (what ModelSamplingDiscrete and friends do: an object patch on model_sampling) gives what the
+    same change before PSA Apply gives."""
+    import comfy.model_sampling
+
+    class Shifted(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+        pass
+
+    settings = type("Settings", (), {"sampling_settings": {"linear_start": 0.004, "linear_end": 0.03}})()
+    shifted = Shifted(settings)
+
+    def with_shift(model):
+        clone = model.clone()
+        clone.add_object_patch("model_sampling", shifted)
+        return clone
+
+    steps = 4
+    original = setup["model"].get_model_object("model_sampling")
+    before, after = original.percent_to_sigma(0.5), shifted.percent_to_sigma(0.5)
+    import comfy.samplers
+    schedule = comfy.samplers.calculate_sigmas(shifted, "normal", steps)
+    # the test can fail: some step's σ lies between the two 50 % points, so a window fixed at PSA Apply differs
+    assert any(min(before, after) < s < max(before, after) for s in schedule[:-1].tolist())
+    _, shift_then_psa = tm.sample(apply(pack, setup, model=with_shift(setup["model"]), start=0.5), FAMILY, steps=steps)
+    _, psa_then_shift = tm.sample(with_shift(apply(pack, setup, start=0.5)), FAMILY, steps=steps)
+    for a, b in zip(shift_then_psa, psa_then_shift):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
