@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", required=True, help=f"the prompt-pair file: {FORMAT_HELP}")
     parser.add_argument("--base-model", required=True, help="diffusers model folder, or single-file .safetensors "
                         "checkpoint")
-    parser.add_argument("--output", required=True, help="the dataset folder (created, or completed when it exists)")
+    parser.add_argument("--output", required=True, help="the dataset folder: new or empty (created when "
+                        "missing), or a dataset folder of build-data, completed (any other folder is refused)")
     parser.add_argument("--family", choices=("auto", "sd15", "sdxl"), default=d.family)
     parser.add_argument("--tokenizer", help="CLIP tokenizer folder (vocab.json, merges.txt) for single-file "
                         "checkpoints; default: ComfyUI's comfy/sd1_tokenizer when the pack sits in ComfyUI")
