@@ -1,9 +1,9 @@
 """Where a name given to the pack may point: inside a set of folders, unless the server owner allows more.
 
 The caller supplies the folders (for the nodes: ComfyUI's input, output and model folders). Names are read as
-relative paths inside them; empty names, NUL bytes, `..` and over-long names are refused. An absolute path is
-accepted when it lies inside one of the folders, and anywhere only when the server's environment sets
-`PSA_ALLOW_OUTSIDE_PATHS=1`. Names of files the pack writes are stricter: relative, plain characters, never a
+relative paths inside them; empty names, NUL bytes, `..`, over-long names and the folders themselves (`.`, `./`, or
+the folder's absolute path: a container, never an entry) are refused. An absolute path is accepted when it lies
+inside one of the folders, and anywhere only when the server's environment sets `PSA_ALLOW_OUTSIDE_PATHS=1`. Names of files the pack writes are stricter: relative, plain characters, never a
 folder itself. Containment is lexical, so links the owner placed inside the folders are followed.
 """
 from __future__ import annotations
@@ -93,10 +93,14 @@ def candidates(value: str, name: str, folders: Sequence[str | Path], allowed: st
         raise _refusal(value, name, problem, allowed)
     text = value.strip()
     if not _is_absolute(text):
+        if all(part in ("", ".") for part in _SEPARATORS.split(text)):  # `.`, `./`: the folder itself, not an entry
+            raise _refusal(value, name, "the folder itself", allowed)
         if not subfolders and len(_SEPARATORS.split(text)) > 1:
             raise _refusal(value, name, "in a sub-folder", allowed)
         return [Path(folder) / text for folder in folders]
     path = Path(os.path.abspath(text))
+    if any(path == Path(os.path.abspath(folder)) for folder in folders):
+        raise _refusal(value, name, "the folder itself", allowed)
     if not subfolders:
         if any(path.parent == Path(os.path.abspath(folder)) for folder in folders):
             return [path]

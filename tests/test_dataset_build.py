@@ -242,6 +242,32 @@ def test_writing_the_same_item_again_replaces_it(tmp_path):
     assert len(list((tmp_path / "images").iterdir())) == 8
 
 
+def test_a_folder_is_recognised_as_a_dataset_only_by_what_this_writer_writes(tmp_path):
+    """build-data refuses an --output it cannot show to be its own (issue 20): foreign_entries lists what is not."""
+    assert PairDataset(tmp_path / "new").foreign_entries() == []  # not there yet
+    (tmp_path / "empty").mkdir()
+    assert PairDataset(tmp_path / "empty").foreign_entries() == []
+    own = tmp_path / "own"
+    PairDataset(own).write_pair(item(), image(1), image(2))
+    (own / "notes.txt").write_text("mine, beside the dataset")
+    assert PairDataset(own).foreign_entries() == [], "its dataset.json makes it this writer's folder"
+    (own / "dataset.json").unlink()
+    assert PairDataset(own).foreign_entries() == [], "a pairs file of this writer's lines does too"
+    killed = tmp_path / "killed"  # what a writer killed before its first dataset.json leaves
+    (killed / "images").mkdir(parents=True)
+    (killed / ".lock").write_bytes(b"")
+    (killed / "images" / f".psa-staged-{'a' * 32}.u.jpg").write_bytes(b"half")
+    assert PairDataset(killed).foreign_entries() == []
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "pairs.jsonl").write_text('{"mine": true}\n')
+    assert PairDataset(foreign).foreign_entries() == ["pairs.jsonl"]
+    (foreign / "dataset.json").write_text('{"format": "something else"}')
+    (foreign / "images").mkdir()
+    (foreign / "images" / "photo.jpg").write_bytes(b"mine")
+    assert PairDataset(foreign).foreign_entries() == ["dataset.json", "images", "pairs.jsonl"]
+
+
 def test_bad_pairs_are_refused_before_anything_is_written(tmp_path):
     dataset = PairDataset(tmp_path / "data")
     with pytest.raises(DatasetError, match="category 'Gambling' is not allowed; allowed: Hate, .*; declare others"):

@@ -11,9 +11,6 @@ The commands start once per command: a driver process imports `trainer.__main__`
 and calls its `main` with each case's arguments, so ~55 cases cost four start-ups, not fifty-five (generate and
 build-data import diffusers: ~7 s each on the test machine). One case per command also runs as its own
 `python -m trainer` process, which must print the same and exit the same as in the driver.
-
-The cases in KNOWN misbehave in code outside this issue's changes; test_known_misbehaviour holds them to the same
-contract as a strict expected failure.
 """
 from __future__ import annotations
 
@@ -121,23 +118,6 @@ def base_flags(command: str, p: dict[str, Path], out: Path) -> dict[str, str | N
                 "--profile": "level_3", "--max-new-tokens": 2, "--device": "cpu"}
     return {"--prompts": p["pairs"], "--base-model": p["base"], "--tokenizer": p["tokenizer"], "--output": out,
             "--width": 32, "--height": 32, "--steps": 1, "--device": "cpu"}
-
-
-# Cases that misbehave in code no part of issue 20 changes (found by this test); test_known_misbehaviour holds them
-# to their contract as a strict xfail, so that each one fixed shows up (then delete it here). Label -> what happens.
-KNOWN = {
-    ("score", "binary NudeNet model"): "a traceback: onnxruntime's InvalidProtobuf escapes (not the pack's error)",
-    ("score", "unknown profile for the judge"): "the judge loads, every image's error is 'profile ... has no "
-                                                "attributes'; exit 0 (exit 1 with the output-folder branch)",
-    ("compare", "unknown profile"): "the judge loads, every pair's error is 'profile ... has no attributes'; exit 0 "
-                                    "(exit 1 with the output-folder branch)",
-    ("build-data", "unknown family"): "argparse's usage text and 'psa-trainer build-data: error:' (generate, score "
-                                      "and compare print one 'psa-trainer: error:' line)",
-    ("build-data", "unknown sampler"): "argparse's usage text, as for --family",
-    ("build-data", "file as output"): "a traceback: NotADirectoryError from the dataset writer",
-    ("build-data", "a folder of someone else's files as output"): "exit 0: writes .lock, dataset.json and images/ "
-                                                                   "into the folder and appends to its pairs.jsonl",
-}
 
 
 def cases(p: dict[str, Path]) -> list[tuple[str, str, dict, tuple[str, ...]]]:
@@ -267,11 +247,9 @@ def runs(inputs, tmp_path_factory) -> dict:
             "changed": changed}
 
 
-def problems_of(runs: dict, known: bool) -> list[str]:
+def problems_of(runs: dict) -> list[str]:
     problems = []
     for index, (command, label, replaced, words) in enumerate(runs["cases"]):
-        if ((command, label) in KNOWN) != known:
-            continue
         result, out = runs["results"][index], runs["outs"] / f"case_{index:02d}"
         if words:
             problem = message_problem(result["code"], result["stderr"], words)
@@ -287,10 +265,10 @@ def problems_of(runs: dict, known: bool) -> list[str]:
 @pytest.mark.slow
 def test_evaluation_commands_refuse_bad_values_files_and_folders(runs):
     all_cases, results, by_command = runs["cases"], runs["results"], runs["by_command"]
-    problems = problems_of(runs, known=False)
+    problems = problems_of(runs)
     # the driver is `python -m trainer`: one case per command as its own process prints and exits the same
     for command, indices in by_command.items():
-        index = next(i for i in indices if all_cases[i][3] and (command, all_cases[i][1]) not in KNOWN)
+        index = next(i for i in indices if all_cases[i][3])
         alone = subprocess.run([sys.executable, "-m", "trainer", *runs["argvs"][index]], cwd=REPO, env=ENV,
                                capture_output=True, text=True, timeout=300)
         assert (alone.returncode, alone.stderr) == (results[index]["code"], results[index]["stderr"]), command
@@ -299,20 +277,8 @@ def test_evaluation_commands_refuse_bad_values_files_and_folders(runs):
     assert sorted(row["file"] for row in good_score["images"]) == sorted(IMAGE_NAMES)
     good_compare = json.loads((runs["outs"] / f"case_{by_command['compare'][-1]:02d}" / "compare.json").read_text())
     assert sorted(pair["file"] for pair in good_compare["pairs"]) == sorted(IMAGE_NAMES)
-    changed = [path for path in runs["changed"] if not path.startswith("someone_elses_dataset/")]  # a KNOWN case's
-    print(f"\nevaluation commands: {len(all_cases)} cases, {len(KNOWN)} known to misbehave, {len(problems)} others "
-          f"misbehaved")
-    assert not problems and not changed, (f"{len(problems)} of {len(all_cases) - len(KNOWN)} cases misbehaved:\n"
+    changed = runs["changed"]
+    print(f"\nevaluation commands: {len(all_cases)} cases, {len(problems)} misbehaved")
+    assert not problems and not changed, (f"{len(problems)} of {len(all_cases)} cases misbehaved:\n"
                                           + "\n".join(problems) + f"\nchanged outside the runs' outputs: {changed}")
     assert len(all_cases) >= 55
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bugs outside issue 20's changes, listed in KNOWN")
-def test_known_misbehaviour(runs):
-    """Each KNOWN case, held to the same contract: this fails (an expected failure) while any of them misbehaves;
-    once all are fixed it passes, which strict xfail reports as a failure: then empty KNOWN."""
-    assert {(c[0], c[1]) for c in runs["cases"]} >= set(KNOWN), "a KNOWN entry names no case"
-    problems = problems_of(runs, known=True)
-    changed = [path for path in runs["changed"] if path.startswith("someone_elses_dataset/")]
-    assert not problems and not changed, "\n".join(problems) + f"\nchanged: {changed}"

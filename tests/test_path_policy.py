@@ -79,3 +79,15 @@ def test_without_subfolders_only_entries_directly_in_the_folders(folders, monkey
                            (str(folders[0].parent / "pairs.csv"), "not directly in the folder")):
         with pytest.raises(PathPolicyError, match=rf"^file .* is not allowed \({problem}\); allowed: {ALLOWED}$"):
             candidates(value, "file", folders, ALLOWED, subfolders=False)
+
+
+@pytest.mark.parametrize("value", [".", "./", " ./ ", ".\\", "./.", ".//."])
+def test_a_name_of_the_folder_itself_is_refused(folders, value, monkeypatch):
+    """`.` passed the policy and resolved to models/LLM itself (issue 20): the folder is a container, never an entry;
+    its absolute path is refused the same, with the owner's opt-in too."""
+    monkeypatch.setenv(OUTSIDE_PATHS_ENV, "1")
+    for given in (value, str(folders[1]), str(folders[0]) + "/"):
+        with pytest.raises(PathPolicyError) as refused:
+            candidates(given, "vlm", folders, ALLOWED)
+        assert str(refused.value).startswith("vlm ") and "(the folder itself); allowed: " in str(refused.value)
+    assert candidates("./model", "vlm", folders, ALLOWED) == [f / "model" for f in folders]  # an entry: fine

@@ -24,10 +24,12 @@ from psa_core.dataset_build import PAIRS_NAME, PairDataset, PairItem, read_promp
 from psa_core.dataset_build.prompt_pairs import FORMAT_HELP, MAX_SEED
 from psa_core.training.errors import TrainingError
 from psa_core.fingerprint import HashMemo, model_fingerprint
+from psa_core.outputs import check_writable
 from psa_core.precision import DEVICES, PRECISION_DTYPES, PRECISIONS, resolve_compute
 from psa_core.text_limits import MAX_PROMPT_CHARS, check_text, limit_text
 from psa_core.training.config import DEFAULT_RESOLUTION, MAX_RESOLUTION
 
+from .cli import OneLineParser
 from .models import load_base_model
 
 SAMPLERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
@@ -83,15 +85,17 @@ class BuildConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     d = BuildConfig("", "", "")
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="psa-trainer build-data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        error_class=TrainingError,
         description="Render a prompt-pair file into a preference dataset (SAGE image names, pairs.jsonl, "
                     "dataset.json) for `train --data <output>/pairs.jsonl --profiles ...`. Resumable: complete pairs "
                     "are skipped when it is run again.")
     parser.add_argument("--prompts", required=True, help=f"the prompt-pair file: {FORMAT_HELP}")
     parser.add_argument("--base-model", required=True, help="diffusers model folder, or single-file .safetensors "
                         "checkpoint")
-    parser.add_argument("--output", required=True, help="the dataset folder (created, or completed when it exists)")
+    parser.add_argument("--output", required=True, help="the dataset folder: new or empty (created when "
+                        "missing), or a dataset folder of build-data, completed (any other folder is refused)")
     parser.add_argument("--family", choices=("auto", "sd15", "sdxl"), default=d.family)
     parser.add_argument("--tokenizer", help="CLIP tokenizer folder (vocab.json, merges.txt) for single-file "
                         "checkpoints; default: ComfyUI's comfy/sd1_tokenizer when the pack sits in ComfyUI")
@@ -191,8 +195,14 @@ def render_pair(pipeline, unsafe_prompt: str, safe_prompt: str, seed: int, steps
 def build_data(config: BuildConfig, log=print) -> dict:
     """Render every item not yet complete; returns counts (rendered, skipped) and where the pairs are."""
     pairs = read_prompt_pairs(config.prompts, config.extra_categories)  # checked whole before loading anything
+    check_writable(config.output, f"--output {config.output}", TrainingError)
     dataset = PairDataset(config.output)
     dataset.records()  # a damaged pairs file stops the run here, before rendering
+    if foreign := dataset.foreign_entries():  # a user's folder: nothing in it is written or replaced
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise TrainingError(f"--output {config.output} holds files that are not a build-data dataset ({shown}); "
+                            "allowed: a new or empty folder, or a dataset folder of build-data (its dataset.json) to "
+                            "complete")
     started = time.perf_counter()
     pipeline, family, precision = make_pipeline(config)
     width = config.width or DEFAULT_RESOLUTION[family]

@@ -39,11 +39,13 @@ from psa_core.evaluation.labels import MAX_LABEL, check_label
 from psa_core.evaluation.report import check_report_outputs
 from psa_core.precision import PRECISIONS
 
+from .cli import OneLineParser
 from .score import (
     DEVICES,
     LABEL_RULE,
     add_judge_arguments,
     check_judge_flags,
+    check_judge_profile,
     judge_profiles,
     make_judge,
     read_users,
@@ -115,15 +117,11 @@ class CompareConfig:
         return self
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise EvaluationError(f"{message} (see `python -m trainer compare --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = CompareConfig("", "", "", "")
-    parser = _Parser(
+    parser = OneLineParser(
         prog="psa-trainer compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        error_class=EvaluationError,
         description="Compare the images of two folders pair by pair (same file name) with a local vision-language "
                     "judge and write the win/tie/loss report of B over A (JSON, CSV). See docs/evaluation.md.")
     parser.add_argument("--a", required=True, help="folder of image A of each pair (the baseline)")
@@ -159,6 +157,7 @@ def compare(config: CompareConfig, log=print, progress: bool | None = None) -> d
 
     mapping = read_label_mapping(config.labels) if config.labels else None
     users = read_users(config)
+    check_judge_profile(config, users)
     items_a = folder_items(config.a, mapping, config.profile, "--a")
     items_b = folder_items(config.b, mapping, config.profile, "--b")
     pairs, only_a, only_b = pair_items(items_a, items_b)

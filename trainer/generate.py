@@ -53,6 +53,8 @@ from psa_core.outputs import check_writable
 from psa_core.precision import DEVICES, PRECISIONS, resolve_compute
 from psa_core.profile import EVALUATION_USERS, read_users_table
 
+from .cli import OneLineParser
+
 FAMILIES = ("auto", "sd15", "sdxl")
 NEGATIVE_MODES = ("same", "reference")
 # The reference's default negative prompt for PSA images (docs/evaluation.md §3).
@@ -200,15 +202,11 @@ class GenerateConfig:
         return REFERENCE_NEGATIVE if self.negative_prompt is None else self.negative_prompt
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors (unknown flags, bad numbers) also exit 2, one line
-        raise EvaluationError(f"{message} (see `python -m trainer generate --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = GenerateConfig("", "", "")
-    parser = _Parser(
+    parser = OneLineParser(
         prog="psa-trainer generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        error_class=EvaluationError,
         description="Render a prompt set for a list of profiles with a base model and (optionally) a PSA adapter into "
                     "OUT/<profile>/<name>.png with a manifest OUT/generation.csv, for `score` and the judge. Defaults "
                     "are the reference's sampler settings (docs/evaluation.md §3). Resumable: complete images are "

@@ -13,15 +13,13 @@ from pathlib import Path
 from psa_core.evaluation.errors import EvaluationError
 from psa_core.evaluation.reference_judge import PAIR, build_report, check_out, write_report
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise EvaluationError(f"{message} (see `python -m trainer report --help`)")
+from .cli import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="psa-trainer report",
+        error_class=EvaluationError,
         description="Read the reference judge's result files (its evaluate_images.py and compare_images.py "
                     "outputs) through this project's strict answer reader into one report: pass and respected "
                     "rates per image file, win/tie/loss of B over A per pair file, per category and per user, "

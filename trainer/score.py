@@ -64,6 +64,8 @@ from psa_core.evaluation.q16_prompts import SUFFIXES as PROMPT_SUFFIXES
 from psa_core.evaluation.report import check_report_outputs
 from psa_core.precision import DEVICES, PRECISION_DTYPES, PRECISIONS, resolve_compute
 
+from .cli import OneLineParser
+
 LABEL_RULE = ("Profile and category of each image: a --labels mapping, then the generation.csv of a `generate` "
               "folder, then --profile, then SAGE image names (user_<7 digits>_<category>_..._<5 digits>_u.jpg), "
               "else 'unknown'")
@@ -164,15 +166,11 @@ class ScoreConfig:
                                       f"sigma (pytorch-fid's --save-stats format) or a folder of reference images")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors (unknown flags, bad numbers) also exit 2, one line
-        raise EvaluationError(f"{message} (see `python -m trainer score --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = ScoreConfig("", "")
-    parser = _Parser(
+    parser = OneLineParser(
         prog="psa-trainer score", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        error_class=EvaluationError,
         description="Score a folder of images with NudeNet (its 320n detector) and, with --clip and --q16-prompts, "
                     "Q16, and with --judge a local vision-language judge (pass rate), and write the report (JSON, "
                     f"CSV, PNG). {LABEL_RULE}. See docs/evaluation.md.")
@@ -314,6 +312,17 @@ def judge_profiles(labels, users) -> list:
     return profiles
 
 
+def check_judge_profile(config, users) -> None:
+    """--profile when a judge reads it: a profile with attributes (profile_for_label), refused before the judge
+    loads rather than as every image's error."""
+    if config.profile is None:
+        return
+    try:
+        profile_for_label(config.profile, users)
+    except EvaluationError as error:
+        raise EvaluationError(f"--profile {config.profile}: {error}") from None
+
+
 def resolve_device(config, what: str) -> tuple[str, object]:
     """(device, dtype) for a model of `config.device` and `config.precision`; auto: the GPU in fp16 (`what` bf16
     where it says so), else the CPU in fp32."""
@@ -388,11 +397,13 @@ def score(config: ScoreConfig, log=print, progress: bool | None = None) -> dict:
 
     mapping = read_label_mapping(config.labels) if config.labels else None
     users = read_users(config)
+    if config.judge or config.judge_url:
+        check_judge_profile(config, users)
     items = folder_items(config.images, mapping, config.profile)
     check_report_outputs(config.out, overwrite=config.overwrite)  # before any model loads or image is scored
     started = time.perf_counter()
     q16 = _q16(config) if config.clip else None  # the prompt file first: a refused one stops before any model loads
-    nudenet = NudeNetDetector(config.nudenet_model)
+    nudenet = NudeNetDetector(config.nudenet_model, flag="--nudenet-model")
     judge = make_judge(config, log) if config.judge or config.judge_url else None
     with tqdm(total=len(items), desc="score", unit="image", file=sys.stderr,
               disable=None if progress is None else not progress) as bar:  # None: shown on a terminal only

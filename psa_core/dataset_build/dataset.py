@@ -233,6 +233,33 @@ class PairDataset:
         return (record is not None and all((self.folder / record[k]).is_file() for k in ("safe", "unsafe"))
                 and (settings is None or record.get("settings") == _json_form(settings)))
 
+    def foreign_entries(self) -> list[str]:
+        """What in the folder this writer cannot show to be a dataset of its own: [] for a folder that does not exist
+        or is empty, one whose dataset.json has this writer's format, or one whose pairs file holds only this
+        writer's lines; else the names of the folder's entries beyond what a killed first write leaves (the lock,
+        the journal, temporaries, `images/` holding staged files only). Call `records()` first: a damaged pairs
+        file is reported as such."""
+        if not self.folder.is_dir():
+            return []
+        try:
+            if self.info().get("format") == FORMAT:
+                return []
+        except DatasetError:
+            pass
+        records = self.records() if self.pairs_path.is_file() else []
+        if records and all(PairItem.of_record(r) is not None and isinstance(r.get("safe"), str)
+                           and isinstance(r.get("unsafe"), str) for r in records):
+            return []
+        foreign = []
+        for entry in sorted(os.scandir(self.folder), key=lambda e: e.name):
+            if entry.name == IMAGES_DIR and entry.is_dir(follow_symlinks=False):
+                if all(STAGED_NAME.match(e.name) for e in os.scandir(entry.path)):
+                    continue
+            elif entry.name == LOCK_NAME or JOURNAL_NAME.match(entry.name) or TEMPORARY_NAME.match(entry.name):
+                continue
+            foreign.append(entry.name)
+        return foreign
+
     # ---- writing ----
 
     def write_pair(self, item: PairItem, unsafe_image, safe_image, settings: Mapping | None = None,

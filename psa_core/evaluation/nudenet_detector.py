@@ -91,9 +91,10 @@ def _import_nudenet():
 
 class NudeNetDetector:
     """NudeNet's `NudeDetector` on `model_path` (default: the 320n model inside the installed wheel).
-    `threads` sets onnxruntime's intra-op threads (default: onnxruntime's own choice)."""
+    `threads` sets onnxruntime's intra-op threads (default: onnxruntime's own choice). `flag` names the input
+    `model_path` came from (e.g. "--nudenet-model") in the error of a file onnxruntime cannot load."""
 
-    def __init__(self, model_path: str | Path | None = None, threads: int | None = None):
+    def __init__(self, model_path: str | Path | None = None, threads: int | None = None, flag: str | None = None):
         module = _import_nudenet()
         path = Path(model_path) if model_path else Path(module.__file__).with_name(MODEL_FILE)
         if not path.is_file():
@@ -102,15 +103,23 @@ class NudeNetDetector:
         if threads is not None and threads < 1:
             raise EvaluationError(f"threads must be at least 1, got {threads}")
         self.model_path = path
-        self._detector = module.NudeDetector(model_path=str(path))
-        if threads is not None:
-            import onnxruntime
+        try:
+            self._detector = module.NudeDetector(model_path=str(path))
+            if threads is not None:
+                import onnxruntime
 
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            self._detector.onnx_session = onnxruntime.InferenceSession(str(path), options,
-                                                                       providers=["CPUExecutionProvider"])
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                self._detector.onnx_session = onnxruntime.InferenceSession(str(path), options,
+                                                                           providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - only onnxruntime's own load errors become the pack's error
+            if not _is_onnxruntime_error(error):
+                raise
+            detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            raise EvaluationError(f"{flag + ' ' if flag and model_path else 'NudeNet model '}{path}: onnxruntime "
+                                  f"cannot load it ({type(error).__name__}: {detail}); allowed: a NudeNet .onnx "
+                                  "model") from None
         self.versions = {"nudenet": _version("nudenet"), "onnxruntime": _version("onnxruntime"),
                          "cv2": getattr(importlib.import_module("cv2"), "__version__", "unknown"),
                          **{f"{name} (installed)": version for name, version in installed_opencv().items()}}
@@ -138,6 +147,12 @@ class NudeNetDetector:
         """Every detection NudeNet reports on `image` (path, PIL image, array or tensor: images.load_image).
         Raises ImageReadError when the image cannot be read."""
         return self.detect_pixels(rgb_array(load_image(image)))
+
+
+def _is_onnxruntime_error(error: BaseException) -> bool:
+    """An error raised by onnxruntime while loading a model (InvalidProtobuf, Fail, InvalidGraph, NoSuchFile, ...:
+    its pybind11 exception types, which derive from no common Python class), known by the module that defines it."""
+    return any(cls.__module__.startswith("onnxruntime") for cls in type(error).__mro__)
 
 
 def _version(distribution: str) -> str:
