@@ -83,8 +83,9 @@ class PSASafetyCheck(CheckedNode):
 
     @classmethod
     def execute(cls, images, violating: str, profile=None, clip_vision=None, q16_prompts: str = "", judge=None,
-                unchecked: str = BLUR) -> io.NodeOutput:
+                unchecked: str | None = BLUR) -> io.NodeOutput:
         check_image_batch(images)  # before any model or file is loaded
+        unchecked = BLUR if unchecked is None else unchecked  # an optional input sent as null: its default
         banned = profile_bans(profile)
         ask = None if judge is None else judge_asker(judge, profile)
         prompts = Q16_PROMPTS_FILE.find(q16_prompts or "", "q16_prompts")

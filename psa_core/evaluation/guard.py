@@ -324,7 +324,7 @@ def check_images(images: torch.Tensor, banned: Sequence[str] | None = None, mode
     the profile bans anything."""
     for value, name in ((mode, "mode"), (unchecked_mode, "unchecked_mode")):
         if value not in MODES:
-            raise ValueError(f"{name} {value!r}; allowed: {', '.join(MODES)}")
+            raise InputError(f"{name} {shown(value)} is not allowed; allowed: {', '.join(MODES)}")
     batch = list(check_image_batch(images))
     try:
         records = (scorer or default_scorer())(batch)
