@@ -323,7 +323,7 @@ def check_existing_settings(folder: str | Path, render: Mapping[str, object],
                               "of `generate`, or a new --out") from None
     if isinstance(old_render, dict):  # a run of a version before --image-format wrote PNG
         old_render = {"image_format": "png", **old_render}
-    differences = settings_differences(old_render, render)
+    differences = settings_differences(old_render, {"image_format": "png", **render})
     changed = [name for name, fingerprint in profiles.items()
                if name in old_profiles and old_profiles[name].get("embedding_sha256") != fingerprint]
     if differences or changed:
