@@ -20,7 +20,11 @@ from PIL import Image
 from tiny_models import random_adapter_tensors, write_adapter
 from tiny_vlm import build_tiny_qwen2_vl
 
-from psa_core.evaluation.generation import JPEG_COMMENT_PREFIX, PNG_TEXT_KEY, read_generation_manifest
+from psa_core.evaluation.generation import (
+    JPEG_COMMENT_PREFIX,
+    PNG_TEXT_KEY,
+    read_generation_manifest,
+)
 from psa_core.families import get_family
 from testkit.models import (
     ModelSpec,
