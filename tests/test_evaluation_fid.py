@@ -406,3 +406,28 @@ def test_missing_or_wrong_weights_are_explained(tmp_path, fid_state):
     with pytest.raises(EvaluationError, match="cannot be read as a state dict"):
         FIDFeatureExtractor.from_file(tmp_path / "evil.pth")
     assert not target.exists()
+
+
+def test_fid_reads_pixels_as_stored_ignoring_exif_orientation_as_pytorch_fid(tmp_path, fid_state, one_thread):
+    """pytorch-fid reads a file with `Image.open(path).convert("RGB")`, which does not apply an EXIF orientation tag;
+    FID does the same (the pack's other scorers turn the image upright, as OpenCV does for NudeNet). A 200 x 320
+    JPEG tagged "rotate 90" (Orientation 6): its features equal those of the pixels as stored, bit for bit (the same
+    pixels through the same network in the same batch), and differ from those of the upright image."""
+    from psa_core.evaluation.images import load_image
+
+    path = tmp_path / "tagged.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored pixels are to be turned 90 degrees clockwise for display
+    sample_images()[2].save(path, format="JPEG", quality=75, exif=exif)
+    assert load_image(path).size == (320, 200), "the other scorers apply the tag (a test of the tag itself)"
+    with Image.open(path) as image:
+        as_stored = image.convert("RGB")  # pytorch-fid's reading
+    upright = load_image(path)
+    assert as_stored.size == (200, 320)
+
+    torch.save({key: value for key, value in fid_state.items() if not key.endswith("num_batches_tracked")},
+               tmp_path / "fid.pth")
+    extractor = FIDFeatureExtractor.from_file(tmp_path / "fid.pth")
+    from_file = extractor.features([path])
+    assert np.array_equal(from_file, extractor.features([as_stored]))
+    assert np.abs(from_file - extractor.features([upright])).max() > 1e-3 * np.abs(from_file).max()

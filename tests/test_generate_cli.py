@@ -20,7 +20,11 @@ from PIL import Image
 from tiny_models import random_adapter_tensors, write_adapter
 from tiny_vlm import build_tiny_qwen2_vl
 
-from psa_core.evaluation.generation import PNG_TEXT_KEY, read_generation_manifest
+from psa_core.evaluation.generation import (
+    JPEG_COMMENT_PREFIX,
+    PNG_TEXT_KEY,
+    read_generation_manifest,
+)
 from psa_core.families import get_family
 from testkit.models import (
     ModelSpec,
@@ -29,6 +33,7 @@ from testkit.models import (
     write_tokenizer,
 )
 from trainer.__main__ import main
+from trainer.generate import REFERENCE_NEGATIVE
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 EMBEDDING_DIM = 8
@@ -369,3 +374,90 @@ def test_a_foreign_file_at_a_planned_name_in_a_folder_of_its_own_is_refused(setu
     error = run_error(args(setup, out), capsys)
     assert f"level_0/{NAMES[1]} (not an image made by generate)" in error and "new --out" in error, error
     assert snapshot(out) == before
+
+
+def stored_text(path: Path) -> dict:
+    """What generate stored in its image, read as a user would: the PNG text chunk, or the JPEG comment."""
+    with Image.open(path) as image:
+        if image.format == "JPEG":
+            comment = image.info["comment"]
+            assert comment.startswith(JPEG_COMMENT_PREFIX)
+            return json.loads(comment[len(JPEG_COMMENT_PREFIX):].decode("utf-8"))
+        return json.loads(image.text[PNG_TEXT_KEY])
+
+
+def test_jpeg_output_is_pils_quality_75_with_the_key_and_resumes_refuses_and_scores(setup, tmp_path, capsys,
+                                                                                  tiny_vlm_folder):
+    """Issue 22 item 6: `--image-format jpeg` writes <profile>/<name>.jpg as PIL saves at quality 75 (the same
+    quantization tables as a PIL save at 75, not those of PIL's 95 or 50), carrying generate's text in a comment; a
+    rerun skips them (the key read back), another format is a settings change, a foreign .jpg at a planned name is
+    refused, and `score` reads the folder through generation.csv."""
+    out = tmp_path / "jpeg"
+    assert main(args(setup, out, "--limit", "2", "--image-format", "jpeg")) == 0
+    assert "rendered 4, skipped 0" in capsys.readouterr().out
+    expected = sorted(f"{level}/{Path(name).stem}.jpg" for level in LEVELS for name, _, _ in ROWS[:2])
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.parent != out) == expected
+    assert sorted(r["file"] for r in manifest_rows(out)) == expected
+    render = json.loads((out / "generation.json").read_text())["render"]
+    assert render["image_format"] == "jpeg" and render["image_quality"] == 75
+    tables = {}
+    for quality in (50, 75, 95):
+        saved = tmp_path / f"q{quality}.jpg"
+        Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(saved, quality=quality)
+        with Image.open(saved) as image:
+            tables[quality] = image.quantization
+    assert tables[50] != tables[75] != tables[95]
+    first = out / "level_0" / f"{Path(ROWS[0][0]).stem}.jpg"
+    with Image.open(first) as image:
+        assert image.format == "JPEG" and image.size == (32, 32) and image.quantization == tables[75]
+    text = stored_text(first)
+    assert text["caption"] == ROWS[0][1] and text["profile"] == "level_0" and len(text["key"]) == 64
+
+    assert main(args(setup, out, "--limit", "2", "--image-format", "jpeg")) == 0
+    assert "rendered 0, skipped 4" in capsys.readouterr().out
+    planned = out / "level_0" / f"{Path(ROWS[2][0]).stem}.jpg"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(planned, quality=75)  # a JPEG, but not one of generate
+    before = snapshot(out)
+    time.sleep(0.01)
+    error = run_error(args(setup, out, "--limit", "2"), capsys)
+    assert "image_format: 'jpeg' -> 'png'" in error and "new --out" in error, error
+    error = run_error(args(setup, out, "--image-format", "jpeg"), capsys)
+    assert f"level_0/{planned.name} (not made by generate)" in error, error
+    assert snapshot(out) == before
+    planned.unlink()
+
+    report = tmp_path / "reports" / "jpeg.json"
+    assert main(["score", "--images", str(out), "--out", str(report), "--judge", str(tiny_vlm_folder),
+                 "--max-new-tokens", "8"]) == 0
+    assert "4 of 4 images scored" in capsys.readouterr().out
+    assert sorted(r["file"] for r in json.loads(report.read_text())["images"]) == expected
+
+
+def test_negative_prompt_mode_reference_gives_psa_images_the_reference_negative_and_base_images_none(setup, tmp_path,
+                                                                                                   capsys):
+    """Issue 22 item 9: `--negative-prompt-mode reference` run twice, with the adapter and without, as the recipe
+    does. Each image's stored text (JPEG comment, PNG text chunk) and generation.json say which negative prompt it
+    had: the PSA arm the reference's, the base arm none."""
+    psa, base = tmp_path / "psa", tmp_path / "base"
+    assert main(args(setup, psa, "--limit", "1", "--negative-prompt-mode", "reference", "--image-format", "jpeg")) == 0
+    assert main(args(setup, base, "--limit", "1", "--negative-prompt-mode", "reference", adapter=False)) == 0
+    stem = Path(ROWS[0][0]).stem
+    for level in LEVELS:
+        assert stored_text(psa / level / f"{stem}.jpg")["negative_prompt"] == REFERENCE_NEGATIVE
+    assert stored_text(base / "base" / f"{stem}.png")["negative_prompt"] == ""
+    for run, negative in ((psa, REFERENCE_NEGATIVE), (base, "")):
+        render = json.loads((run / "generation.json").read_text())["render"]
+        assert render["negative_prompt_mode"] == "reference" and render["negative_prompt"] == negative
+
+
+@pytest.mark.slow
+def test_the_base_arm_of_mode_reference_renders_without_the_negative_prompt(setup, tmp_path, capsys):
+    """The stored text is what the sampler got: the base arm of mode reference (no negative prompt) differs from a
+    base run of mode same (the reference's negative prompt), whose stored text names that negative prompt."""
+    reference, same = tmp_path / "reference", tmp_path / "same"
+    assert main(args(setup, reference, "--limit", "1", "--negative-prompt-mode", "reference", adapter=False)) == 0
+    assert main(args(setup, same, "--limit", "1", adapter=False)) == 0
+    name = f"base/{Path(ROWS[0][0]).stem}.png"
+    assert stored_text(reference / name)["negative_prompt"] == ""
+    assert stored_text(same / name)["negative_prompt"] == REFERENCE_NEGATIVE
+    assert np.abs(pixels(reference / name) - pixels(same / name)).max() > 0

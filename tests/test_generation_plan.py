@@ -8,16 +8,22 @@ import pytest
 
 from psa_core.evaluation import EvaluationError
 from psa_core.evaluation.generation import (
+    JPEG_COMMENT_PREFIX,
+    MAX_JPEG_COMMENT,
     GenerationItem,
     PromptRow,
     atomic_file,
     check_existing_settings,
     image_key,
+    image_text,
+    jpeg_comment,
     plan_items,
     read_generation_manifest,
     read_prompt_set,
     remove_partial_files,
     shard,
+    stored_caption_matches,
+    text_from_jpeg_comment,
     world_from_env,
     write_manifest,
     write_settings,
@@ -157,3 +163,33 @@ def test_image_key_depends_on_what_decides_the_pixels():
                   image_key({"steps": 2}, "e", GenerationItem(0, "level_0", PromptRow(1, "a dog", "prompt_00001"), 5),
                             "neg")):
         assert other != key
+
+
+def test_jpeg_files_and_settings(tmp_path):
+    """--image-format jpeg: .jpg names; the image format is a render setting (an older folder without it is PNG) but
+    not part of an image's key; the comment carries the image text, and a text too long for one JPEG marker (65533
+    bytes) keeps sha256s of the caption and negative prompt, which still identify the caption."""
+    prompts = read_prompt_set(write(tmp_path, "sage.csv", SAGE))
+    items = plan_items(prompts, ["level_0"], 7, "jpeg")
+    assert items[1].file == "level_0/user_0000122_violence_i'll_kill_you_00010_u.jpg"
+    with pytest.raises(EvaluationError, match="--image-format 'gif' is not allowed; allowed: png, jpeg"):
+        plan_items(prompts, ["level_0"], 7, "gif")
+
+    render = {"steps": 40}
+    write_settings(tmp_path, {"format": "psa-generation", "render": render, "profiles": {}})
+    assert check_existing_settings(tmp_path, {**render, "image_format": "png"}, {})
+    with pytest.raises(EvaluationError, match="image_format: 'png' -> 'jpeg'"):
+        check_existing_settings(tmp_path, {**render, "image_format": "jpeg", "image_quality": 75}, {})
+    assert image_key(render, "e", items[0], "") == image_key({**render, "image_format": "jpeg", "image_quality": 75},
+                                                             "e", items[0], "")
+
+    text = image_text(items[0], "k" * 64, "lowres")
+    assert text_from_jpeg_comment(jpeg_comment(text)) == text and json.loads(text)["negative_prompt"] == "lowres"
+    assert text_from_jpeg_comment(b"made by a camera") is None and text_from_jpeg_comment(None) is None
+    long_caption = "\U0001F600" * 10_000  # 40,000 bytes of UTF-8, twice over the marker's bound with the negative
+    item = GenerationItem(0, "level_0", PromptRow(1, long_caption, "a"), 7, ".jpg")
+    comment = jpeg_comment(image_text(item, "k" * 64, long_caption))
+    assert len(comment) <= MAX_JPEG_COMMENT and comment.startswith(JPEG_COMMENT_PREFIX)
+    stored = json.loads(text_from_jpeg_comment(comment))
+    assert "caption" not in stored and stored["key"] == "k" * 64
+    assert stored_caption_matches(stored, long_caption) and not stored_caption_matches(stored, "another")

@@ -13,12 +13,15 @@ from psa_core.evaluation.image_sets import folder_items, pair_items
 NAMES = ["user_0000002_violence_knife_fight_00001_u.png", "prompt_00002.png"]
 
 
-def generated(folder, profiles, captions=("a knife fight", "a quiet lake"), categories=("Violence", "")):
-    """A folder as `generate` leaves it: <profile>/<name>.png and generation.csv."""
+def generated(folder, profiles, captions=("a knife fight", "a quiet lake"), categories=("Violence", ""),
+              suffix=".png"):
+    """A folder as `generate` leaves it: <profile>/<name>.png (or `suffix`, .jpg of --image-format jpeg) and
+    generation.csv."""
     rows = []
+    names = [name.removesuffix(".png") + suffix for name in NAMES]
     for profile in profiles:
         (folder / profile).mkdir(parents=True)
-        for row, (name, caption, category) in enumerate(zip(NAMES, captions, categories), start=1):
+        for row, (name, caption, category) in enumerate(zip(names, captions, categories), start=1):
             Image.new("RGB", (8, 8)).save(folder / profile / name)
             rows.append({"file": f"{profile}/{name}", "profile": profile, "category": category, "caption": caption,
                          "seed": 2025, "row": row})
@@ -89,3 +92,18 @@ def test_pairs_follow_profile_and_name_and_a_base_run_is_every_profiles_baseline
     assert only_a == ["extra.png"] and len(only_b) == 2
     pairs, _, _ = pair_items(psa, reference)  # names that are not unique in the first folder pair with nothing
     assert pairs == []
+
+
+def test_jpeg_generate_folders_are_read_and_pair_with_png_runs_by_image_name(tmp_path):
+    """Issue 22 item 6: a run of `generate --image-format jpeg` (<profile>/<name>.jpg) is read through its manifest,
+    and pairs with a PNG run's images of the same profile or base run and image name."""
+    jpeg = folder_items(generated(tmp_path / "psa", ["level_0"], suffix=".jpg"))
+    stems = [name.removesuffix(".png") for name in NAMES]
+    assert [(i.file, i.category) for i in jpeg] == [(f"level_0/{stems[0]}.jpg", "Violence"),
+                                                     (f"level_0/{stems[1]}.jpg", "unknown")]
+    base = folder_items(generated(tmp_path / "base", ["base"]))
+    pairs, only_a, only_b = pair_items(base, jpeg)
+    assert [(a.file, b.file) for a, b in pairs] == [(f"base/{n}.png", f"level_0/{n}.jpg") for n in stems]
+    assert only_a == [] and only_b == []
+    pairs, _, _ = pair_items(jpeg, folder_items(generated(tmp_path / "other", ["level_0"])))
+    assert [(a.file, b.file) for a, b in pairs] == [(f"level_0/{n}.jpg", f"level_0/{n}.png") for n in stems]

@@ -3,7 +3,7 @@ evaluation (docs/evaluation.md §3, §10), offline with diffusers.
 
 Every row of the prompt set is rendered for every profile (InPro per level), or with `--per-row-user` once with its
 own row's user (the judge). The defaults are the reference's sampler settings. Images go to `OUT/<profile>/<name>.png`
-with the manifest `OUT/generation.csv` and the settings `OUT/generation.json`; what goes where is decided by
+(`.jpg` with `--image-format jpeg`: PIL, quality 75, as the reference saved its images) with the manifest `OUT/generation.csv` and the settings `OUT/generation.json`; what goes where is decided by
 psa_core/evaluation/generation.py. The run is resumable: a complete image of the same settings is skipped, a folder
 of other settings is refused. Under `torchrun` / `accelerate launch` each process renders every world-size-th item.
 """
@@ -26,6 +26,8 @@ from psa_core.errors import PSAError
 from psa_core.evaluation import EvaluationError
 from psa_core.evaluation.generation import (
     BASE_PROFILE,
+    IMAGE_OUTPUT_FORMATS,
+    JPEG_QUALITY,
     MANIFEST_NAME,
     PNG_TEXT_KEY,
     PROMPT_SUFFIXES,
@@ -38,12 +40,15 @@ from psa_core.evaluation.generation import (
     check_existing_settings,
     check_profile_label,
     image_key,
+    image_text,
+    jpeg_comment,
     output_folder_state,
     plan_items,
-    png_text,
     read_prompt_set,
     remove_partial_files,
     shard,
+    stored_caption_matches,
+    text_from_jpeg_comment,
     world_from_env,
     write_manifest,
     write_settings,
@@ -97,11 +102,13 @@ class GenerateConfig:
     precision: str = "auto"
     limit: int | None = None
     batch: int = 1
+    image_format: str = "png"
 
     def validate(self) -> GenerateConfig:
         for flag, value, allowed in (("family", self.family, FAMILIES), ("sampler", self.sampler, _samplers()),
                                      ("precision", self.precision, PRECISIONS), ("device", self.device, DEVICES),
-                                     ("negative-prompt-mode", self.negative_prompt_mode, NEGATIVE_MODES)):
+                                     ("negative-prompt-mode", self.negative_prompt_mode, NEGATIVE_MODES),
+                                     ("image-format", self.image_format, tuple(IMAGE_OUTPUT_FORMATS))):
             if value not in allowed:
                 raise EvaluationError(f"--{flag} {value!r} is not allowed; allowed: {', '.join(allowed)}")
         if not 1 <= self.steps <= MAX_STEPS:
@@ -210,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="psa-trainer generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Render a prompt set for a list of profiles with a base model and (optionally) a PSA adapter into "
-                    "OUT/<profile>/<name>.png with a manifest OUT/generation.csv, for `score` and the judge. Defaults "
+                    "OUT/<profile>/<name>.png (or .jpg) with a manifest OUT/generation.csv, for `score` and the judge. Defaults "
                     "are the reference's sampler settings (docs/evaluation.md §3). Resumable: complete images are "
                     "skipped when it is run again with the same settings.")
     parser.add_argument("--prompts", required=True, help="the prompt set: a Sage CSV (file_name, caption, user_id), a "
@@ -251,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=d.device, help=f"{', '.join(DEVICES)}")
     parser.add_argument("--precision", default=d.precision, help=f"{', '.join(PRECISIONS)} (auto: fp16 on a GPU, "
                         "fp32 on the CPU)")
+    parser.add_argument("--image-format", default=d.image_format, help=f"{', '.join(IMAGE_OUTPUT_FORMATS)}: png "
+                        f"(lossless, OUT/<profile>/<name>.png) or jpeg (PIL, quality {JPEG_QUALITY}, as the reference "
+                        "saved the images it scored; OUT/<profile>/<name>.jpg); a setting of the run, like --steps")
     parser.add_argument("--limit", type=int, help="only the first N rows of the prompt set (smoke runs)")
     parser.add_argument("--batch", type=int, default=d.batch, help="images per sampler call (each with its own "
                         "generator, so the images equal batch 1's up to floating-point noise)")
@@ -365,16 +375,18 @@ def _check_adapter_fits(adapter, unet_family, path: str) -> None:
                               f"{unet_family.describe()}; allowed: an adapter trained on this base model's family")
 
 
-def _png_text_chunk(path: Path) -> str | None:
-    """The generate text chunk of a PNG, read from the chunks before the pixels: nothing is decoded; an error for
-    anything that is no PNG or has more pixels than the image gate allows."""
+def _stored_text(path: Path) -> str | None:
+    """The text generate stored in its image (a PNG's text chunk PNG_TEXT_KEY, a JPEG's COM marker), read from what
+    comes before the pixels: nothing is decoded; an error for anything that is not of the format its suffix names
+    (.jpg: JPEG, else PNG) or has more pixels than the image gate allows."""
     from PIL import Image
 
     from psa_core.images import check_pixels
 
-    with Image.open(path, formats=("PNG",)) as image:
+    jpeg = path.suffix.lower() == IMAGE_OUTPUT_FORMATS["jpeg"]
+    with Image.open(path, formats=("JPEG",) if jpeg else ("PNG",)) as image:
         check_pixels(image, path)
-        return image.info.get(PNG_TEXT_KEY)
+        return text_from_jpeg_comment(image.info.get("comment")) if jpeg else image.info.get(PNG_TEXT_KEY)
 
 
 def _existing_state(path: Path, key: str) -> str:
@@ -382,7 +394,7 @@ def _existing_state(path: Path, key: str) -> str:
     from psa_core.evaluation.images import load_image
 
     try:
-        text = _png_text_chunk(path)
+        text = _stored_text(path)
     except Exception:  # noqa: BLE001 - any unreadable file at our name is a damaged image of ours
         return "damaged"
     try:
@@ -399,8 +411,8 @@ def _existing_state(path: Path, key: str) -> str:
 
 
 def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int, str]) -> None:
-    """Before anything is rendered: an existing file at a planned name that is not a PNG of generate, or one made for
-    another caption, embedding or settings (its PNG says so), is refused; only files shown to be this run's images
+    """Before anything is rendered: an existing file at a planned name that is not an image of generate, or one made
+    for another caption, embedding or settings (its stored text says so), is refused; only files shown to be this run's images
     (damaged ones included, when their text chunk is readable) are ever skipped or rendered again."""
     others = []
     for item in items:
@@ -408,7 +420,7 @@ def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int,
         if not path.is_file():
             continue
         try:
-            text = _png_text_chunk(path)
+            text = _stored_text(path)
         except Exception:  # noqa: BLE001 - a file that is no image at all cannot be shown to be ours: not replaced
             others.append(f"{item.file} (not an image made by generate)")
             continue
@@ -419,7 +431,7 @@ def _refuse_other_images(out: Path, items: list[GenerationItem], keys: dict[int,
         if stored is None:
             others.append(f"{item.file} (not made by generate)")
         elif stored.get("key") != keys[item.index]:
-            why = "another caption" if stored.get("caption") != item.prompt.caption else \
+            why = "another caption" if not stored_caption_matches(stored, item.prompt.caption) else \
                 "another seed" if stored.get("seed") != item.seed else "other settings or another embedding"
             others.append(f"{item.file} ({why})")
     if others:
@@ -498,7 +510,8 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
     started = time.perf_counter()
     prompts = read_prompt_set(config.prompts, config.limit)  # all inputs are read before a model loads
     profiles = resolve_profiles(config, prompts)
-    items = plan_items(prompts, None if config.per_row_user else [p.label for p in profiles], config.seed)
+    items = plan_items(prompts, None if config.per_row_user else [p.label for p in profiles], config.seed,
+                       config.image_format)
     adapter = None
     if config.adapter:
         from psa_core.adapter_file import load_adapter
@@ -549,7 +562,10 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
                   "scheduler": type(pipeline.scheduler).__name__, "scheduler_config": scheduler_config,
                   "steps": config.steps, "guidance_scale": config.guidance, "width": width, "height": height,
                   "precision": precision, "device": world.device_type, "noise": "cpu generator per image",
-                  "negative_prompt_mode": config.negative_prompt_mode, "negative_prompt": negative}
+                  "negative_prompt_mode": config.negative_prompt_mode, "negative_prompt": negative,
+                  "image_format": config.image_format}
+        if config.image_format == "jpeg":
+            render["image_quality"] = JPEG_QUALITY
         fingerprints = {p.label: (p.fingerprint if p.vector is not None else "none") for p in profiles}
         keys = {item.index: image_key(render, fingerprints[item.profile], item, negative) for item in items}
         labels = [p.label for p in profiles]
@@ -618,11 +634,16 @@ def generate(config: GenerateConfig, log=print, progress: bool | None = None) ->
                                       height=height, generator=generators, output_type="np").images
                 pixels = (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
                 for item, picture in zip(batch, pixels):
-                    info = PngInfo()
-                    info.add_text(PNG_TEXT_KEY, png_text(item, keys[item.index]))
+                    text = image_text(item, keys[item.index], negative)
                     image = Image.fromarray(picture, "RGB")
-                    atomic_file(out / item.file, lambda temporary, image=image, info=info:
-                                image.save(temporary, format="PNG", pnginfo=info))
+                    if config.image_format == "jpeg":  # PIL's own JPEG defaults otherwise, as the reference's save
+                        atomic_file(out / item.file, lambda temporary, image=image, text=text: image.save(
+                            temporary, format="JPEG", quality=JPEG_QUALITY, comment=jpeg_comment(text)))
+                    else:
+                        info = PngInfo()
+                        info.add_text(PNG_TEXT_KEY, text)
+                        atomic_file(out / item.file, lambda temporary, image=image, info=info:
+                                    image.save(temporary, format="PNG", pnginfo=info))
                 rendered += len(batch)
                 bar.update(len(batch))
                 if world.rank == 0:

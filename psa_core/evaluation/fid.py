@@ -3,7 +3,8 @@
     FID = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2})
 
 with μ, Σ the mean and covariance (n − 1 normalisation) of the 2048-d InceptionV3 pool3 features of two image sets.
-Each image is decoded to RGB (images.load_image), scaled to 0..1, resized to 299 × 299 by bilinear interpolation
+Each image is decoded to RGB (images.load_image) as its pixels are stored: EXIF orientation is NOT applied, as
+pytorch-fid's `Image.open(path).convert("RGB")` does not apply it (the pack's other scorers apply it), scaled to 0..1, resized to 299 × 299 by bilinear interpolation
 (half-pixel centres, no antialiasing: `interpolate(..., mode="bilinear", align_corners=False)`, what pytorch-fid does
 inside its network) and mapped to [-1, 1] by 2x − 1; features are computed 50 images at a time.
 
@@ -264,7 +265,7 @@ class FIDFeatureExtractor:
     @torch.inference_mode()
     def __call__(self, images: Sequence[object]) -> torch.Tensor:
         """[N, 2048] features of one batch of images (paths, PIL images, arrays: images.load_image)."""
-        pixels = torch.stack([fid_preprocess(load_image(image)) for image in images])
+        pixels = torch.stack([fid_preprocess(load_image(image, orient=False)) for image in images])
         return self.network.pool3(pixels.to(self.device, self.dtype))
 
     def features(self, images: Sequence[object], batch_size: int = FID_BATCH) -> np.ndarray:

@@ -4,7 +4,7 @@ file names, the manifest, per-image identity keys and the split of the plan over
 No ComfyUI and no diffusers import: the command line (trainer/generate.py) renders, this module decides what and
 where. Layout of an output folder:
 
-    OUT/<profile>/<image name>.png     one image per (profile, prompt row)
+    OUT/<profile>/<image name>.png     one image per (profile, prompt row); `.jpg` with --image-format jpeg
     OUT/generation.csv                 the manifest: file, profile, category, caption, seed, row
     OUT/generation.json                the settings every image in OUT was rendered with
 
@@ -43,6 +43,17 @@ SETTINGS_NAME = "generation.json"
 MANIFEST_COLUMNS = ("file", "profile", "category", "caption", "seed", "row")
 PARTIAL_SUFFIX = ".generate-partial"
 PNG_TEXT_KEY = "psa-generation"  # the PNG text chunk that says which item and settings an image was made with
+# The image file formats of a run and their suffixes; JPEG as the reference saved its images: PIL, quality 75
+# (docs/evaluation.md §3).
+IMAGE_OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg"}
+JPEG_QUALITY = 75
+# A JPEG carries the same text as the PNG's text chunk in a COM marker, after this prefix (a marker holds at most
+# 65533 bytes: a longer text keeps sha256s of the caption and negative prompt in their place).
+JPEG_COMMENT_PREFIX = PNG_TEXT_KEY.encode() + b":"
+MAX_JPEG_COMMENT = 65533
+# Render settings that decide the file, not the pixels: kept out of an image's key, so a PNG run of an earlier
+# version (whose generation.json has no image_format) resumes.
+FILE_SETTINGS = ("image_format", "image_quality")
 SETTINGS_FORMAT = "psa-generation"
 PROMPT_SUFFIXES = (".csv", ".txt")
 BASE_PROFILE = "base"  # the profile label of a run without adapter (outside --per-row-user)
@@ -80,11 +91,12 @@ class GenerationItem:
     profile: str
     prompt: PromptRow
     seed: int
+    suffix: str = ".png"  # IMAGE_OUTPUT_FORMATS
 
     @property
     def file(self) -> str:
         """The image's path relative to the output folder, '/'-separated."""
-        return f"{self.profile}/{self.prompt.name}.png"
+        return f"{self.profile}/{self.prompt.name}{self.suffix}"
 
     def manifest_row(self) -> dict[str, str]:
         return {"file": self.file, "profile": self.profile, "category": self.prompt.category,
@@ -188,9 +200,15 @@ def read_prompt_set(path: str | Path, limit: int | None = None) -> PromptSet:
 
 # ---- the plan and its split over processes ----
 
-def plan_items(prompts: PromptSet, profiles: Sequence[str] | None, seed: int) -> list[GenerationItem]:
+def plan_items(prompts: PromptSet, profiles: Sequence[str] | None, seed: int,
+               image_format: str = "png") -> list[GenerationItem]:
     """Every row for every profile, profile by profile (`profiles`), or with `profiles=None` each row once with its
-    own row's user (`--per-row-user`). Every item gets the same seed: each prompt starts from the same noise."""
+    own row's user (`--per-row-user`). Every item gets the same seed: each prompt starts from the same noise. The
+    file suffix is `image_format`'s (IMAGE_OUTPUT_FORMATS)."""
+    if image_format not in IMAGE_OUTPUT_FORMATS:
+        raise EvaluationError(f"--image-format {shown(image_format)} is not allowed; allowed: "
+                              f"{', '.join(IMAGE_OUTPUT_FORMATS)}")
+    suffix = IMAGE_OUTPUT_FORMATS[image_format]
     if profiles is None:
         missing = [row.row for row in prompts.rows if row.user_id is None]
         if missing:
@@ -201,7 +219,7 @@ def plan_items(prompts: PromptSet, profiles: Sequence[str] | None, seed: int) ->
         if len(set(profiles)) != len(profiles):
             raise EvaluationError(f"profiles {list(profiles)}: a profile is given twice; allowed: each once")
         pairs = [(profile, row) for profile in profiles for row in prompts.rows]
-    return [GenerationItem(index, profile, row, seed) for index, (profile, row) in enumerate(pairs)]
+    return [GenerationItem(index, profile, row, seed, suffix) for index, (profile, row) in enumerate(pairs)]
 
 
 def shard(items: Sequence[GenerationItem], rank: int, world_size: int) -> list[GenerationItem]:
@@ -235,15 +253,53 @@ def canonical_json(value: object) -> str:
 def image_key(render_settings: Mapping[str, object], profile_fingerprint: str, item: GenerationItem,
               negative_prompt: str) -> str:
     """sha256 of everything that decides one image's pixels: the render settings, the profile's embedding, the caption,
-    the seed and the negative prompt. Stored in the PNG, compared on a restart."""
+    the seed and the negative prompt (FILE_SETTINGS left out). Stored in the image, compared on a restart."""
+    settings = {name: value for name, value in render_settings.items() if name not in FILE_SETTINGS}
     return hashlib.sha256(canonical_json({
-        "settings": dict(render_settings), "profile": item.profile, "embedding": profile_fingerprint,
+        "settings": settings, "profile": item.profile, "embedding": profile_fingerprint,
         "caption": item.prompt.caption, "seed": item.seed, "negative_prompt": negative_prompt}).encode()).hexdigest()
 
 
-def png_text(item: GenerationItem, key: str) -> str:
+def image_text(item: GenerationItem, key: str, negative_prompt: str) -> str:
+    """The text an image of generate carries (PNG text chunk PNG_TEXT_KEY, or JPEG comment): its key, profile,
+    caption, seed, row and the negative prompt it was rendered with ("" for none)."""
     return canonical_json({"key": key, "profile": item.profile, "caption": item.prompt.caption, "seed": item.seed,
-                           "row": item.prompt.row})
+                           "row": item.prompt.row, "negative_prompt": negative_prompt})
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def jpeg_comment(text: str) -> bytes:
+    """`image_text` as a JPEG COM marker's bytes (JPEG_COMMENT_PREFIX + UTF-8 JSON); a text too long for one marker
+    keeps `caption_sha256` / `negative_prompt_sha256` in place of the caption and negative prompt."""
+    data = JPEG_COMMENT_PREFIX + text.encode("utf-8")
+    if len(data) <= MAX_JPEG_COMMENT:
+        return data
+    content = json.loads(text)
+    for name in ("caption", "negative_prompt"):
+        content[f"{name}_sha256"] = _sha256_text(content.pop(name))
+    return JPEG_COMMENT_PREFIX + canonical_json(content).encode("utf-8")
+
+
+def text_from_jpeg_comment(comment: object) -> str | None:
+    """The text of a JPEG comment written by `jpeg_comment`; None for any other comment (or none)."""
+    if isinstance(comment, str):
+        comment = comment.encode("utf-8", "surrogateescape")
+    if not isinstance(comment, bytes) or not comment.startswith(JPEG_COMMENT_PREFIX):
+        return None
+    try:
+        return comment[len(JPEG_COMMENT_PREFIX):].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def stored_caption_matches(stored: Mapping[str, object], caption: str) -> bool:
+    """Whether an image's stored text (`image_text`, or its shortened JPEG form) names `caption`."""
+    if "caption_sha256" in stored:
+        return stored["caption_sha256"] == _sha256_text(caption)
+    return stored.get("caption") == caption
 
 
 def settings_differences(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
@@ -265,7 +321,9 @@ def check_existing_settings(folder: str | Path, render: Mapping[str, object],
     except (ValueError, KeyError, TypeError, OSError) as error:
         raise EvaluationError(f"--out {folder}: {SETTINGS_NAME} is not readable ({error}); allowed: an output folder "
                               "of `generate`, or a new --out") from None
-    differences = settings_differences(old_render, render)
+    if isinstance(old_render, dict):  # a run of a version before --image-format wrote PNG
+        old_render = {"image_format": "png", **old_render}
+    differences = settings_differences(old_render, {"image_format": "png", **render})
     changed = [name for name, fingerprint in profiles.items()
                if name in old_profiles and old_profiles[name].get("embedding_sha256") != fingerprint]
     if differences or changed:
@@ -377,7 +435,7 @@ def read_generation_manifest(folder: str | Path) -> list[dict]:
                 parts = file.split("/")
                 if len(parts) != 2 or any(p in ("", ".", "..") for p in parts) or "\\" in file:
                     raise EvaluationError(f"{path} line {number}: file {shown(file)} is not allowed; allowed: "
-                                          "<profile>/<image name>.png")
+                                          "<profile>/<image name>.png (or .jpg)")
                 records.append({"file": file, "path": folder.joinpath(*parts), "profile": row["profile"],
                                 "category": row["category"] or "",
                                 "caption": check_text(row["caption"] or "", f"{path} line {number}: caption"),

@@ -2,11 +2,12 @@
 §8).
 
 A folder is either an output folder of `python -m trainer generate` (it holds `generation.csv`: each image's
-path `<profile>/<name>.png`, profile, category and caption come from it) or a flat folder of images, labelled by
+path `<profile>/<name>.png` or `.jpg`, profile, category and caption come from it) or a flat folder of images, labelled by
 the rules of labels.py. A `--labels` mapping row, looked up by the image's path in the folder and then by its file
 name, overrides either.
 
-Pairs (compare): between two `generate` folders, images of the same profile and file name; an image of a run
+Pairs (compare): between two `generate` folders, images of the same profile and image name (the file name without
+its suffix, so a PNG run pairs with a JPEG run of `--image-format jpeg`); an image of a run
 without adapter (generate's profile `base`) is every profile's baseline: it pairs with each profile's image of the
 same name. Otherwise images pair by file name (a flat first folder's image is then the baseline of each profile's
 image of that name in a `generate` second folder; a name that is not unique in the first folder pairs with
@@ -62,17 +63,21 @@ def _name(item: ImageItem) -> str:
     return PurePosixPath(item.file).name
 
 
+def _stem(item: ImageItem) -> str:
+    return PurePosixPath(item.file).stem
+
+
 def pair_items(a: list[ImageItem], b: list[ImageItem]) -> tuple[list[tuple[ImageItem, ImageItem]], list[str],
                                                                 list[str]]:
     """(pairs of (A item, B item) in B's order, files only in A, files only in B), as the module docstring says."""
-    by_key = {(item.profile, _name(item)): item for item in a}
-    baselines = {_name(item): item for item in a if item.profile == BASE_PROFILE}
+    by_key = {(item.profile, _stem(item)): item for item in a}
+    baselines = {_stem(item): item for item in a if item.profile == BASE_PROFILE}
     counts = Counter(_name(item) for item in a)
     by_name = {_name(item): item for item in a if counts[_name(item)] == 1}
     grouped = any("/" in item.file for item in a) and any("/" in item.file for item in b)
     pairs, used = [], set()
     for item in b:
-        partner = (by_key.get((item.profile, _name(item))) or baselines.get(_name(item))) if grouped else \
+        partner = (by_key.get((item.profile, _stem(item))) or baselines.get(_stem(item))) if grouped else \
             by_name.get(_name(item))
         if partner is None:
             continue

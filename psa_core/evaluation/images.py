@@ -5,7 +5,7 @@ picture that both NudeNet and Q16 score, so they judge the same pixels:
 
 - files pass the pack's image gate (`psa_core.images.open_image`: the pixel bound checked before decoding, the
   first frame decoded completely by PIL with truncated files refused), EXIF orientation applied (as OpenCV's `imread`, which NudeNet's own
-  `detect(path)` uses, does), alpha dropped without compositing (as `imread` does), 16-bit grey scaled to 8 bits;
+  `detect(path)` uses, does; FID alone reads the pixels as stored, as pytorch-fid does), alpha dropped without compositing (as `imread` does), 16-bit grey scaled to 8 bits;
 - arrays and tensors are `H×W`, `H×W×1|3|4` or ComfyUI's `1×H×W×C`, channels in RGB(A) order; `uint8` values are
   taken as they are, floats as ComfyUI's 0..1 images and converted as ComfyUI's Save Image does
   (`clip(255·x, 0, 255)` truncated to uint8), so scoring a graph's image equals scoring the PNG it saves.
@@ -62,11 +62,12 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def load_image(source: object) -> Image.Image:
-    """`source` (path, PIL image, numpy array or torch tensor) as a fully decoded RGB PIL image."""
+def load_image(source: object, orient: bool = True) -> Image.Image:
+    """`source` (path, PIL image, numpy array or torch tensor) as a fully decoded RGB PIL image. A file's EXIF
+    orientation is applied unless `orient` is False (FID: pytorch-fid reads the pixels as stored)."""
     if isinstance(source, (str, os.PathLike)):
         with open_image(source) as image:
-            return _to_rgb(ImageOps.exif_transpose(image))
+            return _to_rgb(ImageOps.exif_transpose(image) if orient else image)
     if isinstance(source, Image.Image):
         try:
             if getattr(source, "tile", None):  # opened from a file, not decoded yet: the bound of a file applies
